@@ -1,0 +1,104 @@
+"""The `affcli` command line: a Typer app whose subcommands are thin wrappers over the engine.
+
+`main()` owns the exit codes: 0 success, 2 bad input or usage, 1 internal failure, and prints
+errors as one line `error: <file>[:<record>]: <what is wrong>` (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+from typer._click import exceptions as click_exc  # typer vendors its own click
+
+from affcli import __version__
+from affcli.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, AffError
+from affcli.render import print_error
+
+app = typer.Typer(
+    name="affcli",
+    help="3D object affordance grounding: prepare datasets, train, evaluate, predict, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"affcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks on errors (also AFFCLI_DEBUG=1; may follow any "
+        "subcommand)."
+    ),
+) -> None:
+    """affcli: one fast format, three reference models, shell-friendly commands."""
+
+
+def _register() -> None:
+    # Imported here so that `affcli --version` stays cheap and modules stay independent.
+    from affcli.cli import bench, prepare, synth
+
+    synth.register(app)
+    prepare.register(app)
+    bench.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line; the root callback documents it.
+    debug = "--debug" in args or os.environ.get("AFFCLI_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        rv = app(args=args, prog_name="affcli", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else 0
+    except AffError as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(exc.one_line())
+        if exc.hint:
+            sys.stderr.write(exc.hint.rstrip() + "\n")
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print_error("aborted")
+        return 130
+    except click_exc.NoArgsIsHelpError as exc:
+        # `affcli` or `affcli bench` alone: show the help, as a user expects
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            typer.echo(ctx.get_help())
+        return 0
+    except click_exc.ClickException as exc:
+        if debug:
+            traceback.print_exc()
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        print_error(f"{where}{exc.format_message()} (see --help)")
+        return exc.exit_code if exc.exit_code else EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # A closed pipe (e.g. `| head`) is the reader's choice, not our failure.
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        if debug:
+            traceback.print_exc()
+        print_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)")
+        return EXIT_INTERNAL

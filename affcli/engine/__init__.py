@@ -1,0 +1,1 @@
+"""The engine: training, evaluation, prediction, export and benchmarks over the shared models."""

@@ -1,0 +1,111 @@
+"""CLI conventions every subcommand follows: --help, --version, --json, --quiet, exit codes,
+one-line errors, --debug tracebacks; and synth's determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from affcli import __version__
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_help_and_version(run_cli):
+    code, out, _ = run_cli("--help")
+    assert code == 0
+    for cmd in ("synth", "prepare", "bench"):
+        assert cmd in out
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"affcli {__version__}"
+    code, out, _ = run_cli("prepare", "--help")
+    assert code == 0 and "--json" in out and "--quiet" in out and "--force" in out
+
+
+def test_usage_errors_exit_2(run_cli):
+    code, _, err = run_cli("prepare")
+    assert code == 2 and err.startswith("error: ")
+    code, _, err = run_cli("no-such-command")
+    assert code == 2 and err.startswith("error: ")
+    code, _, err = run_cli("synth", "laso", "/tmp/x", "--shapes-per-class", "many")
+    assert code == 2 and "--shapes-per-class" in err
+    code, _, err = run_cli("synth", "nosuch", "/tmp/x-affcli-never-made")
+    assert code == 2 and "unknown dataset 'nosuch'" in err
+    assert not Path("/tmp/x-affcli-never-made").exists()
+
+
+def test_synth_json_and_quiet(tmp_path, run_cli):
+    code, out, err = run_cli("synth", "laso", tmp_path / "a", "-k", "2", "--json")
+    assert code == 0, err
+    doc = json.loads(out)  # stdout holds exactly one JSON document
+    assert doc["dataset"] == "laso" and doc["samples"]["seen/train"] > 0
+    code, out, err = run_cli("synth", "laso", tmp_path / "b", "-k", "2", "--quiet")
+    assert code == 0 and out == "" and err == ""
+
+
+def test_synth_is_deterministic(tmp_path, run_cli):
+    for name in ("a", "b", "c"):
+        seed = "5" if name != "c" else "6"
+        code, _, err = run_cli("synth", "piad", tmp_path / name, "-k", "2", "--seed", seed, "-q")
+        assert code == 0, err
+    a, b, c = (_tree_digest(tmp_path / n) for n in "abc")
+    assert a == b and len(a) > 50
+    assert a.keys() == c.keys() and a != c
+
+
+def test_synth_refuses_non_empty_output(tmp_path, run_cli):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    code, _, err = run_cli("synth", "laso", out, "-k", "2")
+    assert code == 2 and "--force" in err and (out / "mine.txt").read_text() == "precious"
+    code, _, err = run_cli("synth", "laso", out, "-k", "2", "--force", "-q")
+    assert code == 0 and not (out / "mine.txt").exists() and (out / "Seen").is_dir()
+
+
+def test_prepare_json(raw_root, tmp_path, run_cli):
+    code, out, err = run_cli("prepare", "laso", "--root", raw_root("laso"),
+                             "--out", tmp_path / "x.h5", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["splits"]["train"]["samples"] > 0 and doc["output"].endswith("x.h5")
+    assert set(doc["splits"]) == {"train", "val", "test"}
+
+
+def test_error_line_and_debug(tmp_path):
+    """As a real process: one error line without traceback; --debug adds the traceback."""
+    cmd = [sys.executable, "-m", "affcli", "prepare", "piad", "--root", str(tmp_path / "none"),
+           "--out", str(tmp_path / "o.h5")]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    assert plain.returncode == 2
+    assert plain.stderr.startswith(f"error: {tmp_path / 'none'}: dataset root not found")
+    assert "Traceback" not in plain.stderr and plain.stdout == ""
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("args", [["bench", "loader", "--dataset", "nope"],
+                                  ["bench", "loader", "--seconds", "0"]])
+def test_bench_bad_options(run_cli, args):
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.startswith("error: --")
+
+
+def test_bench_loader_runs(run_cli):
+    code, out, err = run_cli("bench", "loader", "-d", "laso", "-k", "2", "--seconds", "0.05",
+                             "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    rows = {r["split"]: r for r in doc["rows"]}
+    assert set(rows) == {"train", "test"}
+    for r in rows.values():
+        assert r["raw_samples_per_s"] > 0 and r["h5_samples_per_s"] > 0
+        assert r["speedup"] == pytest.approx(r["h5_samples_per_s"] / r["raw_samples_per_s"])

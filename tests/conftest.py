@@ -1,0 +1,68 @@
+"""Shared fixtures: small synthetic datasets in their raw formats and prepared HDF5 files.
+
+Everything is built once per session with K=2 shapes per class (the smallest K synth takes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from affcli.cli import main
+from affcli.data.prepare import prepare
+from affcli.data.synth.run import synthesize
+
+PIAD_DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "piad_demo"
+K = 2
+
+
+@pytest.fixture(scope="session")
+def raw_root(tmp_path_factory: pytest.TempPathFactory):
+    """raw_root(name) -> folder with the synthetic raw dataset (laso, piad or agpil)."""
+    made: dict[str, Path] = {}
+    base = tmp_path_factory.mktemp("raw")
+
+    def get(name: str) -> Path:
+        if name not in made:
+            synthesize(name, base / name, seed=7, shapes_per_class=K)
+            made[name] = base / name
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def prepared(raw_root, tmp_path_factory: pytest.TempPathFactory):
+    """prepared(name, setting="seen", view="full") -> path of the prepared HDF5 file."""
+    made: dict[tuple[str, str, str], Path] = {}
+    base = tmp_path_factory.mktemp("h5")
+
+    def get(name: str, setting: str = "seen", view: str = "full") -> Path:
+        key = (name, setting, view)
+        if key not in made:
+            out = base / f"{name}_{setting}_{view}.h5"
+            prepare(name, raw_root(name), setting, view, out)
+            made[key] = out
+        return made[key]
+
+    return get
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """run_cli(*args) -> (exit code, stdout, stderr) of `affcli args...` in-process."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def piad_demo() -> Path:
+    if not (PIAD_DEMO / "Point_Test_Bag_1.txt").exists():
+        pytest.skip(f"the real PIAD samples are not at {PIAD_DEMO}")
+    return PIAD_DEMO
