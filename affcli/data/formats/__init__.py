@@ -1,0 +1,1 @@
+"""Readers for the raw on-disk formats of LASO, PIAD and AGPIL."""

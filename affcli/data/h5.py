@@ -1,0 +1,244 @@
+"""The one HDF5 format all three datasets are converted to (documented in docs/data-format.md).
+
+Layout (schema version 1):
+
+    /                       attrs: schema_version, dataset, setting, view, num_points,
+                            object_names (JSON list), affordance_names (JSON list),
+                            affcli_version, source_root
+    /manifest/{path,size,sha256}        every source file read
+    /<split>/shapes/points  float32 [S, N, 3]   raw coordinates, as in the source
+    /<split>/shapes/object  int16   [S]         index into object_names
+    /<split>/shapes/shape_id  str   [S]
+    /<split>/shapes/labels  float32 [S, A, N]   per-affordance scores (PIAD, AGPIL)
+    /<split>/samples/shape  int32   [M]         index into shapes; -1 = drawn per epoch
+    /<split>/samples/object, affordance  int16 [M]
+    /<split>/samples/mask   float32 [M, N]      (LASO) the pair's ground truth
+    /<split>/samples/questions  str [M, 15]     (LASO) Question0..Question14
+    /<split>/samples/instruction str [M]        (AGPIL)
+    /<split>/samples/image_jpeg  vlen uint8 [M], image_size int32 [M, 2] (h, w),
+                     subject_box, object_box float32 [M, 4] (x1, y1, x2, y2, source pixels),
+                     image_name str [M]         (PIAD, AGPIL)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from affcli import __version__
+from affcli.errors import AffError
+
+SCHEMA_VERSION = 1
+DATASETS = ("laso", "piad", "agpil")
+
+_STR = h5py.string_dtype("utf-8")
+_BYTES = h5py.vlen_dtype(np.uint8)
+
+
+@dataclass
+class SplitData:
+    """One split, in memory, as a raw-format reader produces it."""
+
+    shape_ids: list[str]
+    shape_points: np.ndarray  # float32 [S, N, 3]
+    shape_object: np.ndarray  # int16 [S]
+    sample_shape: np.ndarray  # int32 [M]
+    sample_object: np.ndarray  # int16 [M]
+    sample_affordance: np.ndarray  # int16 [M]
+    shape_labels: np.ndarray | None = None  # float [S, A, N]
+    sample_mask: np.ndarray | None = None  # float32 [M, N]
+    questions: list[list[str]] | None = None
+    instructions: list[str] | None = None
+    image_jpeg: list[bytes] | None = None
+    image_size: np.ndarray | None = None
+    subject_box: np.ndarray | None = None
+    object_box: np.ndarray | None = None
+    image_name: list[str] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.sample_object.shape[0])
+
+    @property
+    def num_shapes(self) -> int:
+        return int(self.shape_points.shape[0])
+
+
+@dataclass
+class Manifest:
+    """Every source file a conversion read: path relative to the root, size, sha256."""
+
+    root: Path
+    entries: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def read_bytes(self, path: Path) -> bytes:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise AffError(path, "file not found") from None
+        except IsADirectoryError:
+            raise AffError(path, "is a directory, expected a file") from None
+        except OSError as exc:
+            raise AffError(path, f"cannot read: {exc.strerror or exc}") from None
+        self.add(path, data)
+        return data
+
+    def add(self, path: Path, data: bytes) -> None:
+        try:
+            rel = str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            rel = str(path.resolve())
+        self.entries[rel] = (len(data), hashlib.sha256(data).hexdigest())
+
+
+@dataclass
+class Prepared:
+    dataset: str
+    setting: str
+    view: str
+    object_names: list[str]
+    affordance_names: list[str]
+    num_points: int
+    splits: dict[str, SplitData]
+    manifest: Manifest
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(out: Path, force: bool) -> Iterator[Path]:
+    """Yields a temporary path beside `out`; renamed onto `out` only if the block succeeds.
+
+    A failure (or Ctrl-C) leaves no partial file behind, and an existing output is untouched.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise AffError(out, "output exists; pass --force to overwrite it")
+    if out.exists() and out.is_dir():
+        raise AffError(out, "output is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 is not what users expect
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _chunked(f: h5py.Group, name: str, data: np.ndarray, row_chunk: tuple[int, ...]) -> None:
+    chunks = tuple(min(c, s) if s else 1 for c, s in zip(row_chunk, data.shape, strict=True))
+    f.create_dataset(name, data=data, chunks=chunks if data.size else None,
+                     compression="gzip" if data.size else None, compression_opts=4,
+                     shuffle=bool(data.size))
+
+
+def write_prepared(prep: Prepared, out: Path, force: bool = False) -> None:
+    """Write `prep` to `out` atomically (temp file, then rename)."""
+    with atomic_output(out, force) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["dataset"] = prep.dataset
+        f.attrs["setting"] = prep.setting
+        f.attrs["view"] = prep.view
+        f.attrs["num_points"] = prep.num_points
+        f.attrs["object_names"] = json.dumps(prep.object_names)
+        f.attrs["affordance_names"] = json.dumps(prep.affordance_names)
+        f.attrs["affcli_version"] = __version__
+        f.attrs["source_root"] = str(prep.manifest.root)
+        man = f.create_group("manifest")
+        paths = sorted(prep.manifest.entries)
+        man.create_dataset("path", data=np.array(paths, dtype=object), dtype=_STR)
+        man.create_dataset("size", data=np.array([prep.manifest.entries[p][0] for p in paths],
+                                                 dtype=np.int64))
+        man.create_dataset("sha256", data=np.array([prep.manifest.entries[p][1] for p in paths],
+                                                   dtype=object), dtype=_STR)
+        for split, data in prep.splits.items():
+            _write_split(f.create_group(split), data, prep.num_points)
+
+
+def _write_split(g: h5py.Group, d: SplitData, n: int) -> None:
+    shapes = g.create_group("shapes")
+    _chunked(shapes, "points", d.shape_points.astype(np.float32), (1, n, 3))
+    shapes.create_dataset("object", data=d.shape_object.astype(np.int16))
+    shapes.create_dataset("shape_id", data=np.array(d.shape_ids, dtype=object), dtype=_STR)
+    if d.shape_labels is not None:
+        # One chunk per (shape, affordance): a sample reads exactly its column.
+        _chunked(shapes, "labels", d.shape_labels.astype(np.float32), (1, 1, n))
+    s = g.create_group("samples")
+    s.create_dataset("shape", data=d.sample_shape.astype(np.int32))
+    s.create_dataset("object", data=d.sample_object.astype(np.int16))
+    s.create_dataset("affordance", data=d.sample_affordance.astype(np.int16))
+    if d.sample_mask is not None:
+        _chunked(s, "mask", d.sample_mask.astype(np.float32), (1, n))
+    if d.questions is not None:
+        s.create_dataset("questions", data=np.array(d.questions, dtype=object).reshape(
+            len(d.questions), -1), dtype=_STR)
+    if d.instructions is not None:
+        s.create_dataset("instruction", data=np.array(d.instructions, dtype=object), dtype=_STR)
+    if d.image_jpeg is not None:
+        jpeg = s.create_dataset("image_jpeg", shape=(len(d.image_jpeg),), dtype=_BYTES)
+        for i, blob in enumerate(d.image_jpeg):
+            jpeg[i] = np.frombuffer(blob, dtype=np.uint8)
+        s.create_dataset("image_size", data=np.asarray(d.image_size, dtype=np.int32))
+        s.create_dataset("subject_box", data=np.asarray(d.subject_box, dtype=np.float32))
+        s.create_dataset("object_box", data=np.asarray(d.object_box, dtype=np.float32))
+        s.create_dataset("image_name", data=np.array(d.image_name, dtype=object), dtype=_STR)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """The root attributes of a prepared file."""
+
+    path: Path
+    dataset: str
+    setting: str
+    view: str
+    num_points: int
+    object_names: list[str]
+    affordance_names: list[str]
+    splits: list[str]
+
+
+def read_info(path: str | Path) -> FileInfo:
+    """Open a prepared file's header, checking that it is one and of a schema we read."""
+    path = Path(path)
+    if not path.exists():
+        raise AffError(path, "file not found (create it with `affcli prepare`)")
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("schema_version", -1))
+            if version == -1:
+                raise AffError(path, "not an affcli dataset file (no schema_version)")
+            if version > SCHEMA_VERSION:
+                raise AffError(path, f"schema version {version} is newer than this affcli "
+                               f"reads ({SCHEMA_VERSION}); upgrade affcli")
+            return FileInfo(
+                path=path,
+                dataset=str(f.attrs["dataset"]),
+                setting=str(f.attrs["setting"]),
+                view=str(f.attrs["view"]),
+                num_points=int(f.attrs["num_points"]),
+                object_names=json.loads(f.attrs["object_names"]),
+                affordance_names=json.loads(f.attrs["affordance_names"]),
+                splits=[k for k in ("train", "val", "test") if k in f],
+            )
+    except OSError as exc:
+        raise AffError(path, f"not a readable HDF5 file ({exc})") from None
+    except KeyError as exc:
+        raise AffError(path, f"missing attribute {exc} (corrupt or foreign file)") from None

@@ -1,0 +1,1 @@
+"""Procedural stand-ins for the public affordance datasets."""
