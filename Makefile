@@ -21,8 +21,10 @@ demo: setup
 	$(BIN)/affcli synth laso $(DEMO)/LASO_dataset --force
 	$(BIN)/affcli prepare laso --root $(DEMO)/LASO_dataset --out data/laso_seen.h5 --force
 
-# pytest exits 5 when it collects no test; that is a failure of the suite, say so plainly.
+# Lint first (ruff clean is part of passing). pytest exits 5 when it collects no test;
+# that is a failure of the suite, so say so plainly.
 test: setup
+	$(BIN)/ruff check affcli tests
 	@$(BIN)/python -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 

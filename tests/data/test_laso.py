@@ -90,7 +90,8 @@ def test_unseen_withholds_pairs(prepared):
     def pairs(split):
         with h5py.File(h5) as f:
             o, a = f[f"{split}/samples/object"][()], f[f"{split}/samples/affordance"][()]
-        return {(info.object_names[i].lower(), info.affordance_names[j]) for i, j in zip(o, a)}
+        names = zip(o, a, strict=True)
+        return {(info.object_names[i].lower(), info.affordance_names[j]) for i, j in names}
 
     assert not pairs("train") & held and not pairs("val") & held
     assert pairs("test") and pairs("test") <= held
@@ -105,8 +106,9 @@ def test_counts_and_manifest(raw_root, prepared):
     with h5py.File(h5) as f:
         assert f.attrs["schema_version"] == 1 and f.attrs["dataset"] == "laso"
         paths = set(f["manifest/path"].asstr()[()])
-        sizes = dict(zip(f["manifest/path"].asstr()[()], f["manifest/size"][()]))
-        digests = dict(zip(f["manifest/path"].asstr()[()], f["manifest/sha256"].asstr()[()]))
+        names = f["manifest/path"].asstr()[()]
+        sizes = dict(zip(names, f["manifest/size"][()], strict=True))
+        digests = dict(zip(names, f["manifest/sha256"].asstr()[()], strict=True))
         assert f["train/shapes/points"].compression == "gzip"
         assert f["train/shapes/points"].chunks == (1, 2048, 3)
     root = raw_root("laso")
@@ -117,3 +119,37 @@ def test_counts_and_manifest(raw_root, prepared):
     for p in expected:
         data = (root / p).read_bytes()
         assert sizes[p] == len(data) and digests[p] == hashlib.sha256(data).hexdigest()
+
+
+def test_workers_read_the_same_items(prepared):
+    """Files open lazily in each worker, and draws depend on (seed, epoch, index) only, so
+    two worker processes deliver exactly what the main process reads."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    ds = open_dataset(prepared("laso"), "train", seed=11)
+    ds.set_epoch(2)
+    loader = DataLoader(ds, batch_size=4, shuffle=False, num_workers=2)
+    got = {}
+    for batch in loader:
+        for k, i in enumerate(batch["index"].tolist()):
+            got[i] = (batch["points"][k], batch["mask"][k], batch["question"][k])
+    assert sorted(got) == list(range(len(ds)))
+    for i, (points, mask, question) in got.items():
+        item = ds[i]
+        assert torch.equal(points, item["points"]) and torch.equal(mask, item["mask"])
+        assert question == item["question"]
+
+
+def test_items_do_not_alias_the_cache(prepared):
+    ds = open_dataset(prepared("laso"), "test")
+    first = ds[0]["points"].clone()
+    ds[0]["points"].mul_(0)
+    ds[0]["mask"].fill_(7)
+    assert torch_equal(ds[0]["points"], first) and ds[0]["mask"].max() <= 1
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

@@ -52,7 +52,8 @@ def test_test_split_round_trip(raw_root, prepared, dataset):
         obj, aff = imgs[i].stem.split("_")[-3:-1]
         assert OBJECT_CLASSES[item["object"]] == obj and PIAD_AFFORDANCES[item["affordance"]] == aff
         _, _, values = _points_file(pts[i])
-        np.testing.assert_array_equal(item["mask"].numpy(), values[:, 3 + PIAD_AFFORDANCES.index(aff)])
+        column = values[:, 3 + PIAD_AFFORDANCES.index(aff)]
+        np.testing.assert_array_equal(item["mask"].numpy(), column)
         p = item["points"].numpy()
         ref = values[:, :3] - values[:, :3].mean(0)
         np.testing.assert_allclose(p, ref / np.linalg.norm(ref, axis=1).max(), atol=1e-5)
@@ -123,9 +124,9 @@ def test_crop_matches_a_plain_crop_and_resize(prepared):
         sub, obj = f["train/samples/subject_box"][0], f["train/samples/object_box"][0]
         hw = tuple(f["train/samples/image_size"][0])
     item = ds[0]
-    l, t, r, b = crop_keeping_boxes(hw, sub.astype(np.int32).astype(np.float32),
+    left, t, r, b = crop_keeping_boxes(hw, sub.astype(np.int32).astype(np.float32),
                                     obj.astype(np.int32).astype(np.float32), ds.rng(0))
-    img = Image.open(io.BytesIO(jpeg)).convert("RGB").crop((l, t, r, b)).resize((224, 224))
+    img = Image.open(io.BytesIO(jpeg)).convert("RGB").crop((left, t, r, b)).resize((224, 224))
     ref = (np.asarray(img, np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
     got = item["image"].numpy().transpose(1, 2, 0)
     # same content; small differences come from decoding at a reduced DCT scale
@@ -153,7 +154,7 @@ def test_agpil_views(raw_root, prepared, view):
         assert pf.shape == po.shape
         assert not np.allclose(pf, po)
         if view == "rotation":  # a rigid rotation keeps the distances from the centroid
-            for a, b in zip(pf, po):
+            for a, b in zip(pf, po, strict=True):
                 da = np.sort(np.linalg.norm(a - a.mean(0), axis=1))
                 db = np.sort(np.linalg.norm(b - b.mean(0), axis=1))
                 np.testing.assert_allclose(da, db, atol=1e-4)

@@ -199,9 +199,9 @@ def read_split(
             pf = parse_point_file(path, manifest.read_bytes(path), n)
             shape_of_path[key] = len(files)
             files.append(pf)
-            if progress:
-                progress(1)
         entry_shape.append(shape_of_path[key])
+        if progress:
+            progress(1)
     classes_with_shapes = {f.object_class for f in files}
 
     m = len(img_entries)
