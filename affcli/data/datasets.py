@@ -32,6 +32,8 @@ from affcli.errors import AffError
 IMAGE_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_MEAN_255 = torch.from_numpy(IMAGENET_MEAN * 255).view(3, 1, 1)
+_INV_STD_255 = torch.from_numpy(1 / (IMAGENET_STD * 255)).view(3, 1, 1)
 NUM_QUESTIONS = 15
 # Arrays below this size are read into memory once per worker instead of per sample.
 CACHE_LIMIT_BYTES = 256 * 2**20
@@ -118,14 +120,15 @@ def load_image(
     if box != (0, 0, img.size[0], img.size[1]):
         img = img.crop(box)
     img = img.resize((size, size), Image.Resampling.BICUBIC)
-    arr = (np.asarray(img, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    # (x / 255 - mean) / std as one subtract and one multiply, in torch, channels first
+    image = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().contiguous()
+    image.sub_(_MEAN_255).mul_(_INV_STD_255)
     shift = np.array([left, top, left, top], np.float32)
     scale = np.array([size / cw, size / ch, size / cw, size / ch], np.float32)
     if sub.any():
         sub = (sub - shift) * scale
     obj = (obj - shift) * scale
-    return (torch.from_numpy(arr.transpose(2, 0, 1).copy()), torch.from_numpy(sub),
-            torch.from_numpy(obj))
+    return image, torch.from_numpy(sub), torch.from_numpy(obj)
 
 
 class H5Dataset(Dataset):
@@ -143,6 +146,7 @@ class H5Dataset(Dataset):
         self.epoch = 0
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._handles: dict[str, h5py.Dataset] = {}
         self._cache: dict[str, np.ndarray] = {}
         self._tensors: dict[str, torch.Tensor | None] = {}
         with h5py.File(self.path, "r") as f:
@@ -170,12 +174,21 @@ class H5Dataset(Dataset):
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             self._pid = os.getpid()
+            self._handles = {}
         return self._file[self.split]
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """An open handle to `<split>/<name>`, looked up once per process (a lookup costs as
+        much as reading a small chunk)."""
+        group = self._group()
+        if name not in self._handles:
+            self._handles[name] = group[name]
+        return self._handles[name]
 
     def _read(self, name: str, index: Any) -> np.ndarray:
         """`group[name][index]`, from memory when the whole array is small."""
         if name not in self._cache:
-            ds = self._group()[name]
+            ds = self._dataset(name)
             if ds.size * ds.dtype.itemsize > CACHE_LIMIT_BYTES:
                 return ds[index]
             self._cache[name] = ds[()]
@@ -186,7 +199,7 @@ class H5Dataset(Dataset):
         split small enough to cache is normalised once, for all shapes together."""
         cached = self._cache.get("normalized")
         if cached is None:
-            ds = self._group()["shapes/points"]
+            ds = self._dataset("shapes/points")
             if ds.size * ds.dtype.itemsize > CACHE_LIMIT_BYTES:
                 return normalize_points(ds[shape])
             cached = self._cache["normalized"] = normalize_all(ds[()])
@@ -194,7 +207,7 @@ class H5Dataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"], state["_pid"], state["_cache"], state["_tensors"] = None, None, {}, {}
+        state.update(_file=None, _pid=None, _cache={}, _tensors={}, _handles={})
         return state
 
     def _check_index(self, index: int) -> int:
@@ -297,14 +310,14 @@ class PiadDataset(H5Dataset):
             # Rotating before or after normalising gives the same cloud (the centroid
             # rotates with the points and distances are kept), so rotate the cached one.
             points = (points @ random_rotation(rng).T.astype(np.float32)).astype(np.float32)
-        mask = np.asarray(self._group()["shapes/labels"][shape, affordance], np.float32)
+        mask = np.array(self._read("shapes/labels", (shape, affordance)), np.float32)
         return points, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         i = self._check_index(index)
         rng = self.rng(i) if self.train else None
         aff = int(self.sample_affordance[i])
-        jpeg = self._group()["samples/image_jpeg"][i].tobytes()
+        jpeg = self._dataset("samples/image_jpeg")[i].tobytes()
         image, sub, obj = load_image(jpeg, tuple(self.image_size[i]), self.subject_box[i],
                                      self.object_box[i], rng)
         item: dict[str, Any] = {
