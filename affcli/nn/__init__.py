@@ -1,0 +1,1 @@
+"""Neural-network blocks shared by the models (PointNet++ modules, attention, fusion)."""

@@ -1,0 +1,253 @@
+"""PointNet++ modules on the affcli ops: multi-scale set abstraction, feature propagation, and
+the encoder configuration PointRefer, IAGNet and LMAffordance3D share.
+
+Everything runs channels-last ([B, N, C]) so each shared MLP layer is one matrix product over
+all grouped positions instead of an NCHW 1x1 convolution. The first layer of each scale is
+linear in [neighbour features, neighbour xyz - centre xyz], so it is applied once per point
+before grouping and the centre's term is subtracted after: the same function as the reference
+(conv on the grouped tensor), with far fewer multiply-adds.
+
+Parameters follow the reference layout (a Conv + BatchNorm per layer, input channels ordered
+features first, then relative xyz) so official checkpoints map one-to-one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from affcli.ops import (
+    ball_query,
+    column_moments,
+    farthest_point_sample,
+    three_interpolate,
+    three_nn,
+)
+
+
+class SharedMLP(nn.Module):
+    """Linear + BatchNorm + ReLU layers over the last axis of a [..., C] tensor.
+
+    The parameters are a Linear and a BatchNorm1d per layer (the reference's Conv + BatchNorm),
+    but the arithmetic is fused for speed on the large grouped tensors:
+    - training: the Linear's bias is left out of the product because BatchNorm's batch mean
+      cancels it exactly (it still enters the running mean, as in the reference); the batch
+      statistics come from one sum and one sum of squares; normalisation and ReLU are one
+      multiply-add and an in-place clamp;
+    - eval: BatchNorm is folded into the Linear, so a layer is one addmm and a clamp;
+    - with `pool_dim`, the last layer max-pools before its normalisation and ReLU: both are
+      monotonic per channel (increasing when the BatchNorm scale is >= 0, decreasing
+      otherwise, where the minimum is taken instead), so pooling first gives the same values
+      while normalising a tensor k times smaller.
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        last = in_channels
+        for c in channels:
+            self.linears.append(nn.Linear(last, c))
+            self.norms.append(nn.BatchNorm1d(c))
+            last = c
+        self.out_channels = last
+
+    def _scale_shift(self, i: int, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """BatchNorm as y * scale + shift for the pre-bias product y [R, C] (training, which
+        also updates the running statistics) or for the folded eval form (y is None)."""
+        bn, lin = self.norms[i], self.linears[i]
+        if y is None or not self.training:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            return scale, bn.bias + (lin.bias - bn.running_mean) * scale
+        rows = y.shape[0]
+        mean, var = column_moments(y)
+        if bn.track_running_stats and bn.running_mean is not None:
+            with torch.no_grad():
+                m = bn.momentum if bn.momentum is not None else 0.1
+                bn.running_mean.mul_(1 - m).add_(m * (mean + lin.bias))
+                bn.running_var.mul_(1 - m).add_(m * var * rows / max(rows - 1, 1))
+                bn.num_batches_tracked.add_(1)
+        scale = bn.weight * torch.rsqrt(var + bn.eps)
+        return scale, bn.bias - mean * scale
+
+    def _layer(self, i: int, x: torch.Tensor, pool: int | None) -> torch.Tensor:
+        lin = self.linears[i]
+        if self.training:
+            y = x @ lin.weight.t()
+            scale, shift = self._scale_shift(i, y)
+        else:
+            scale, shift = self._scale_shift(i, None)
+            y = x @ (lin.weight * scale.unsqueeze(1)).t()
+            scale = None
+        if pool is not None:
+            y = y.view(-1, pool, y.shape[-1])
+            if scale is None:  # folded: the affine is increasing, pool by max
+                return (y.amax(1) + shift).relu_()
+            pooled = torch.where(scale >= 0, y.amax(1), y.amin(1))
+            return torch.addcmul(shift, pooled, scale).relu_()
+        if scale is None:
+            return (y + shift).relu_()
+        return torch.addcmul(shift, y, scale).relu_()
+
+    def forward(self, x: torch.Tensor, start: int = 0, pool_dim: int | None = None
+                ) -> torch.Tensor:
+        """x [..., C_in] -> [..., C_out]; with pool_dim, the max over that axis is taken and
+        the axis removed. `start` skips layers the caller has applied (see `normalize`)."""
+        shape = x.shape
+        pool = None
+        if pool_dim is not None:
+            pool_dim = pool_dim % x.dim()
+            if pool_dim != x.dim() - 2:
+                raise ValueError("pool_dim must be the axis just before the channels")
+            pool = shape[pool_dim]
+        out_shape = [s for d, s in enumerate(shape[:-1]) if d != pool_dim]
+        h = x.reshape(-1, shape[-1])
+        n = len(self.linears)
+        for i in range(start, n):
+            h = self._layer(i, h, pool if i == n - 1 else None)
+        return h.reshape(*out_shape, h.shape[-1])
+
+    def normalize(self, i: int, y: torch.Tensor) -> torch.Tensor:
+        """BatchNorm + ReLU of layer i applied to an already computed pre-bias product
+        y [..., C] (the set abstraction computes its first layer itself)."""
+        shape = y.shape
+        y2 = y.reshape(-1, shape[-1])
+        # eval: shift = beta + (bias - running_mean) * scale, so the missing bias is included
+        scale, shift = self._scale_shift(i, y2 if self.training else None)
+        return torch.addcmul(shift, y2, scale).relu_().reshape(shape)
+
+
+def _gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """values [B, N, C], idx [B, ...] -> [B, ..., C] (index_select on the flattened batch:
+    its backward is an index_add, much cheaper than advanced indexing's)."""
+    b, n, c = values.shape
+    offset = (torch.arange(b, device=idx.device) * n).view(b, *([1] * (idx.dim() - 1)))
+    flat = (idx + offset).reshape(-1)
+    return values.reshape(b * n, c).index_select(0, flat).reshape(*idx.shape, c)
+
+
+class SetAbstractionMSG(nn.Module):
+    """Multi-scale grouping set abstraction: FPS centres, a ball query per scale, a shared
+    MLP on [features, relative xyz], max-pool over neighbours, scales concatenated."""
+
+    def __init__(self, num_centers: int, radii: Sequence[float], num_neighbors: Sequence[int],
+                 in_channels: int, mlps: Sequence[Sequence[int]], fps_start: int | None = 0
+                 ) -> None:
+        super().__init__()
+        if not len(radii) == len(num_neighbors) == len(mlps):
+            raise ValueError("radii, num_neighbors and mlps need one entry per scale")
+        self.num_centers = num_centers
+        self.radii = list(radii)
+        self.num_neighbors = list(num_neighbors)
+        self.in_channels = in_channels
+        self.fps_start = fps_start
+        self.scales = nn.ModuleList(SharedMLP(in_channels + 3, mlp) for mlp in mlps)
+        self.out_channels = sum(s.out_channels for s in self.scales)
+
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """xyz [B, N, 3], features [B, N, D] (or None when D = 0) ->
+        (centres [B, M, 3], features [B, M, sum of the scales' last widths])."""
+        centers_idx = farthest_point_sample(xyz, self.num_centers, start=self.fps_start)
+        centers = _gather_rows(xyz, centers_idx)
+        outs = []
+        for radius, k, mlp in zip(self.radii, self.num_neighbors, self.scales, strict=True):
+            idx = ball_query(xyz, centers, radius, k)
+            first = mlp.linears[0]
+            w_feat, w_xyz = first.weight[:, : self.in_channels], first.weight[:, self.in_channels:]
+            # W [f_j; x_j - c] + b = (W_f f_j + W_x x_j) - W_x c + b
+            per_point = xyz @ w_xyz.t()
+            if features is not None and self.in_channels:
+                per_point = per_point + features @ w_feat.t()
+            per_center = centers @ w_xyz.t()
+            # layer 1 without its bias (normalize() accounts for it), grouped
+            h = _gather_rows(per_point, idx) - per_center.unsqueeze(2)  # [B, M, k, C1]
+            h = mlp.normalize(0, h)
+            if len(mlp.linears) > 1:
+                h = mlp(h, start=1, pool_dim=2)
+            else:
+                h = h.amax(dim=2)
+            outs.append(h)
+        return centers, torch.cat(outs, dim=-1)
+
+
+class FeaturePropagation(nn.Module):
+    """Inverse-squared-distance interpolation from the 3 nearest coarse points, the skip
+    features concatenated first, then a shared MLP."""
+
+    def __init__(self, in_channels: int, mlp: Sequence[int]) -> None:
+        super().__init__()
+        self.mlp = SharedMLP(in_channels, mlp)
+        self.out_channels = self.mlp.out_channels
+
+    def forward(self, xyz: torch.Tensor, coarse_xyz: torch.Tensor, skip: torch.Tensor | None,
+                coarse_features: torch.Tensor) -> torch.Tensor:
+        """xyz [B, N, 3], coarse_xyz [B, S, 3], skip [B, N, D1] or None,
+        coarse_features [B, S, D2] -> [B, N, out_channels]."""
+        b, n, _ = xyz.shape
+        if coarse_xyz.shape[1] == 1:
+            interpolated = coarse_features.expand(b, n, coarse_features.shape[-1])
+        else:
+            dist2, idx = three_nn(xyz, coarse_xyz)
+            # the reference weights by inverse *squared* distance
+            recip = 1.0 / (dist2 + 1e-8)
+            weight = recip / recip.sum(dim=-1, keepdim=True)
+            interpolated = three_interpolate(coarse_features.transpose(1, 2), idx,
+                                             weight.to(coarse_features.dtype)).transpose(1, 2)
+        x = interpolated if skip is None else torch.cat([skip, interpolated], dim=-1)
+        return self.mlp(x)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The PointNet++ MSG configuration of PointRefer / IAGNet / LMAffordance3D."""
+
+    num_points: int = 2048
+    extra_channels: int = 0  # e.g. 3 with normals
+    sa1_centers: int = 512
+    sa1_radii: tuple[float, ...] = (0.1, 0.2, 0.4)
+    sa1_neighbors: tuple[int, ...] = (32, 64, 128)
+    sa1_mlps: tuple[tuple[int, ...], ...] = ((32, 32, 64), (64, 64, 128), (64, 96, 128))
+    sa2_centers: int = 128
+    sa2_radii: tuple[float, ...] = (0.4, 0.8)
+    sa2_neighbors: tuple[int, ...] = (64, 128)
+    sa2_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
+    sa3_centers: int = 64  # N_p
+    sa3_radii: tuple[float, ...] = (0.2, 0.4)
+    sa3_neighbors: tuple[int, ...] = (16, 32)
+    sa3_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
+    fps_start: int | None = 0
+
+
+class PointNet2Encoder(nn.Module):
+    """Three MSG set abstractions. forward(points [B, N, 3 + extra]) returns every level's
+    (xyz [B, N_l, 3], features [B, N_l, C_l]): level 0 is the input (features = the input
+    channels, as the reference feeds xyz as features), then 512, 128 and N_p centres with
+    320, 512 and 512 channels."""
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or EncoderConfig()
+        c0 = 3 + cfg.extra_channels
+        self.sa1 = SetAbstractionMSG(cfg.sa1_centers, cfg.sa1_radii, cfg.sa1_neighbors, c0,
+                                     cfg.sa1_mlps, cfg.fps_start)
+        self.sa2 = SetAbstractionMSG(cfg.sa2_centers, cfg.sa2_radii, cfg.sa2_neighbors,
+                                     self.sa1.out_channels, cfg.sa2_mlps, cfg.fps_start)
+        self.sa3 = SetAbstractionMSG(cfg.sa3_centers, cfg.sa3_radii, cfg.sa3_neighbors,
+                                     self.sa2.out_channels, cfg.sa3_mlps, cfg.fps_start)
+        self.out_channels = (c0, self.sa1.out_channels, self.sa2.out_channels,
+                             self.sa3.out_channels)
+
+    def forward(self, points: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if points.dim() != 3 or points.shape[-1] != self.out_channels[0]:
+            raise ValueError(f"points must have shape [B, N, {self.out_channels[0]}], got "
+                             f"{list(points.shape)}")
+        xyz0 = points[..., :3].contiguous()
+        levels = [(xyz0, points)]
+        for sa in (self.sa1, self.sa2, self.sa3):
+            xyz, feats = levels[-1]
+            levels.append(sa(xyz, feats))
+        return levels

@@ -1,0 +1,161 @@
+"""Point-cloud ops of the PointNet++ engine: one public function per op.
+
+Each dispatches on the device of its inputs: Triton kernels for CUDA tensors, the CPU path
+(numba-compiled loops and torch indexing) otherwise. `AFFCLI_OPS=triton|cpu` forces one
+backend (tests run the Triton kernels on the CPU with `TRITON_INTERPRET=1`).
+
+Semantics (identical in every backend; `tests/ops/reference.py` spells them out):
+- farthest_point_sample: start at `start`, then repeatedly the point farthest (squared
+  Euclidean) from those chosen; ties go to the lowest index.
+- ball_query: the first k indices, in index order, with squared distance <= radius^2 (as the
+  reference utility), padded by repeating the first found; all zeros if none is found.
+- three_nn: squared distances and indices of the 3 nearest known points, ascending.
+- gather_group / three_interpolate: differentiable gathers (see their docstrings).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from affcli.ops import autograd as _ag
+
+__all__ = [
+    "backend_for",
+    "ball_query",
+    "column_moments",
+    "farthest_point_sample",
+    "gather_group",
+    "three_interpolate",
+    "three_nn",
+]
+
+_BACKENDS = ("triton", "cpu")
+
+
+def backend_for(t: torch.Tensor) -> str:
+    """The backend an op on `t` runs: AFFCLI_OPS if set, else triton on CUDA, cpu otherwise."""
+    forced = os.environ.get("AFFCLI_OPS", "").strip().lower()
+    if forced:
+        if forced not in _BACKENDS:
+            raise ValueError(f"AFFCLI_OPS must be one of {', '.join(_BACKENDS)}, got {forced!r}")
+        return forced
+    return "triton" if t.is_cuda else "cpu"
+
+
+def _impl(t: torch.Tensor):  # noqa: ANN202 - a module
+    if backend_for(t) == "triton":
+        from affcli.ops import triton as impl
+    else:
+        from affcli.ops import cpu as impl
+    return impl
+
+
+def _check_points(name: str, t: torch.Tensor, batch: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 3 or t.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape [B, N, 3], got {list(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if batch is not None and t.shape[0] != batch:
+        raise ValueError(f"{name} has batch size {t.shape[0]}, expected {batch}")
+
+
+def _check_index(name: str, idx: torch.Tensor, shape: tuple[int, ...], upper: int) -> None:
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer (int64/int32) tensor, got {idx.dtype}")
+    if tuple(idx.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(idx.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= upper):
+        raise IndexError(f"{name} holds indices outside [0, {upper})")
+
+
+def farthest_point_sample(xyz: torch.Tensor, n: int, start: int | None = 0) -> torch.Tensor:
+    """Indices [B, n] (int64) of `n` points chosen by farthest point sampling.
+
+    `start` is the first index for every cloud (the established CUDA kernels use 0); None
+    draws one start per cloud from torch's global RNG, as the reference utility does.
+    """
+    _check_points("xyz", xyz)
+    b, num, _ = xyz.shape
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if n > num:
+        raise ValueError(f"cannot sample n={n} points from clouds of N={num} points")
+    if start is None:
+        starts = torch.randint(0, num, (b,), dtype=torch.int64)
+    else:
+        if not 0 <= int(start) < num:
+            raise ValueError(f"start={start} is outside [0, {num})")
+        starts = torch.full((b,), int(start), dtype=torch.int64)
+    return _impl(xyz).farthest_point_sample(xyz.detach().float().contiguous(), n,
+                                            starts.to(xyz.device))
+
+
+def ball_query(xyz: torch.Tensor, centers: torch.Tensor, radius: float, k: int) -> torch.Tensor:
+    """Indices [B, M, k] (int64) of up to k points within `radius` of each centre."""
+    _check_points("xyz", xyz)
+    _check_points("centers", centers, batch=xyz.shape[0])
+    if centers.device != xyz.device:
+        raise ValueError("xyz and centers must be on the same device")
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    return _impl(xyz).ball_query(xyz.detach().float().contiguous(),
+                                 centers.detach().float().contiguous(), float(radius), k)
+
+
+def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dist2 [B, n, 3], idx [B, n, 3] int64): the 3 nearest `known` points of each
+    `unknown` point, by squared distance, ascending."""
+    _check_points("unknown", unknown)
+    _check_points("known", known, batch=unknown.shape[0])
+    if known.shape[1] < 3:
+        raise ValueError(f"three_nn needs at least 3 known points, got {known.shape[1]}")
+    if known.device != unknown.device:
+        raise ValueError("unknown and known must be on the same device")
+    return _impl(unknown).three_nn(unknown.detach().float().contiguous(),
+                                   known.detach().float().contiguous())
+
+
+def gather_group(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[B, C, M, k]: `features[b, :, idx[b, m, j]]`; differentiable in `features`."""
+    if features.dim() != 3:
+        raise ValueError(f"features must have shape [B, C, N], got {list(features.shape)}")
+    b, _, n = features.shape
+    if idx.dim() != 3 or idx.shape[0] != b:
+        raise ValueError(f"idx must have shape [B={b}, M, k], got {list(idx.shape)}")
+    _check_index("idx", idx, tuple(idx.shape), n)
+    return _ag.GatherGroup.apply(features, idx.long(), _impl(features))
+
+
+def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor
+                      ) -> torch.Tensor:
+    """[B, C, n]: `sum_j weight[b, i, j] * features[b, :, idx[b, i, j]]`; differentiable in
+    `features` and `weight`."""
+    if features.dim() != 3:
+        raise ValueError(f"features must have shape [B, C, m], got {list(features.shape)}")
+    b, _, m = features.shape
+    if idx.dim() != 3 or idx.shape[0] != b or idx.shape[2] != 3:
+        raise ValueError(f"idx must have shape [B={b}, n, 3], got {list(idx.shape)}")
+    _check_index("idx", idx, tuple(idx.shape), m)
+    if tuple(weight.shape) != tuple(idx.shape):
+        raise ValueError(f"weight must have the shape of idx {list(idx.shape)}, got "
+                         f"{list(weight.shape)}")
+    return _ag.ThreeInterpolate.apply(features, idx.long(), weight, _impl(features))
+
+
+def column_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [C], biased variance [C]) over the rows of y [R, C], differentiable: the batch
+    statistics of BatchNorm, computed in one pass on the CPU."""
+    if y.dim() != 2 or not y.is_floating_point():
+        raise ValueError(f"y must be a 2-D floating tensor [R, C], got {list(y.shape)} {y.dtype}")
+    if backend_for(y) == "cpu":
+        from affcli.ops import cpu
+
+        return _ag.ColumnMoments.apply(y, cpu)
+    mean = y.mean(0)
+    return mean, (y - mean).square().mean(0)

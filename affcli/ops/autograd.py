@@ -1,0 +1,67 @@
+"""autograd Functions for the differentiable ops; the backend module does the arithmetic."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+
+
+class GatherGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, idx: torch.Tensor, impl: ModuleType
+                ) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.impl, ctx.n = impl, features.shape[2]
+        return impl.gather_group(features.contiguous(), idx.contiguous())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (idx,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return ctx.impl.gather_group_backward(grad.contiguous(), idx, ctx.n), None, None
+
+
+class ThreeInterpolate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                impl: ModuleType) -> torch.Tensor:
+        ctx.save_for_backward(features, idx, weight)
+        ctx.impl = impl
+        return impl.three_interpolate(features.contiguous(), idx.contiguous(),
+                                      weight.to(features.dtype).contiguous())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, None]:
+        features, idx, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_features = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_features = ctx.impl.three_interpolate_backward(
+                grad, idx, weight.to(grad.dtype).contiguous(), features.shape[2])
+        if ctx.needs_input_grad[2]:
+            # d out[b,c,i] / d weight[b,i,j] = features[b, c, idx[b,i,j]]
+            picked = ctx.impl.gather_group(features.contiguous(), idx)  # [B, C, n, 3]
+            grad_weight = (picked * grad.unsqueeze(-1)).sum(1).to(weight.dtype)
+        return grad_features, None, grad_weight, None
+
+
+class ColumnMoments(torch.autograd.Function):
+    """(mean, biased variance) per column of y [R, C]; the backend computes them in one pass,
+    the backward is the analytic one: d mean = 1/R, d var = 2 (y - mean) / R."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, impl: ModuleType) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var = impl.column_moments(y)
+        ctx.save_for_backward(y, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad_mean: torch.Tensor, grad_var: torch.Tensor
+                 ) -> tuple[torch.Tensor, None]:
+        y, mean = ctx.saved_tensors
+        rows = y.shape[0]
+        return (grad_mean / rows) + (y - mean) * (2.0 * grad_var / rows), None

@@ -1,0 +1,165 @@
+"""PointNet++ modules: shapes, parameter count, and the same function (values and gradients)
+as the reference utility's NCHW formulation, in training and eval mode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from affcli.engine import baseline_ops
+from affcli.nn.pointnet2 import (
+    EncoderConfig,
+    FeaturePropagation,
+    PointNet2Encoder,
+    SetAbstractionMSG,
+    SharedMLP,
+)
+
+
+def _reference_param_count(cfg: EncoderConfig) -> int:
+    """Conv (weight + bias) + BatchNorm (weight + bias) per layer of the reference encoder,
+    counted from the configuration alone."""
+    total, in_ch = 0, 3 + cfg.extra_channels
+    for mlps in (cfg.sa1_mlps, cfg.sa2_mlps, cfg.sa3_mlps):
+        for mlp in mlps:
+            last = in_ch + 3
+            for c in mlp:
+                total += last * c + c + 2 * c
+                last = c
+        in_ch = sum(m[-1] for m in mlps)
+    return total
+
+
+def _randomize_norms(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm parameters, including negative scales (the max/min pooling
+    branch) and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            c = m.num_features
+            m.weight.data = (torch.rand(c, generator=g) * 3 - 1.5).to(m.weight.dtype)
+            m.bias.data = (torch.rand(c, generator=g) - 0.5).to(m.bias.dtype)
+            m.running_mean.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+
+
+def test_encoder_shapes_and_parameter_count():
+    enc = PointNet2Encoder()
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert n_params == _reference_param_count(EncoderConfig()) == 506_680
+    pts = torch.rand(2, 2048, 3) * 2 - 1
+    levels = enc.eval()(pts)
+    assert [tuple(x.shape) for x, _ in levels] == [(2, 2048, 3), (2, 512, 3), (2, 128, 3),
+                                                   (2, 64, 3)]
+    assert [tuple(f.shape) for _, f in levels] == [(2, 2048, 3), (2, 512, 320), (2, 128, 512),
+                                                   (2, 64, 512)]
+    assert enc.out_channels == (3, 320, 512, 512)
+    # centres are input points chosen by FPS from index 0
+    assert torch.equal(levels[1][0][:, 0], pts[:, 0])
+    with pytest.raises(ValueError, match=r"\[B, N, 3\]"):
+        enc(torch.rand(2, 2048, 4))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_encoder_equals_reference_formulation(mode):
+    torch.manual_seed(0)
+    enc = PointNet2Encoder().double()
+    _randomize_norms(enc)
+    ours, theirs = copy.deepcopy(enc), copy.deepcopy(enc)
+    getattr(ours, mode)()
+    getattr(theirs, mode)()
+    pts = (torch.rand(2, 2048, 3, dtype=torch.float64) * 2 - 1)
+    a = ours(pts)
+    b = baseline_ops.encoder_forward(theirs, pts)
+    for (xa, fa), (xb, fb) in zip(a, b, strict=True):
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+        torch.testing.assert_close(fa, fb, rtol=1e-9, atol=1e-9)
+    # gradients of every parameter and of the input
+    loss_a = sum((f * torch.linspace(-1, 1, f.shape[-1], dtype=f.dtype)).sum() ** 2
+                 for _, f in a[1:])
+    loss_b = sum((f * torch.linspace(-1, 1, f.shape[-1], dtype=f.dtype)).sum() ** 2
+                 for _, f in b[1:])
+    params_a = [p for p in ours.parameters()]
+    params_b = [p for p in theirs.parameters()]
+    ga = torch.autograd.grad(loss_a, params_a, allow_unused=True)
+    gb = torch.autograd.grad(loss_b, params_b, allow_unused=True)
+    names = [n for n, _ in ours.named_parameters()]
+    for name, g1, g2 in zip(names, ga, gb, strict=True):
+        if g1 is None:
+            # in training mode BatchNorm's batch mean cancels a layer's bias exactly: the
+            # reference's gradient for it is zero up to rounding, ours is not computed
+            assert mode == "train" and name.endswith("bias") and "linears" in name
+            assert g2.abs().max() < 1e-6 * max(1.0, float(loss_b.detach()))
+            continue
+        scale = g2.abs().max().clamp_min(1e-12)
+        assert ((g1 - g2).abs().max() / scale) < 1e-8, name
+    if mode == "train":  # running statistics moved the same way
+        for (name, b1), b2 in zip(ours.named_buffers(), theirs.buffers(), strict=True):
+            if b1.is_floating_point():  # (the functional baseline counts no batches)
+                torch.testing.assert_close(b1, b2, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_set_abstraction_with_features_and_float32():
+    torch.manual_seed(1)
+    sa = SetAbstractionMSG(64, [0.2, 0.5], [8, 16], 6, [[16, 24], [8, 8, 12]])
+    _randomize_norms(sa)
+    sa.eval()
+    xyz, feats = torch.rand(3, 300, 3), torch.randn(3, 300, 6)
+    centers, out = sa(xyz, feats)
+    assert centers.shape == (3, 64, 3) and out.shape == (3, 64, 36)
+    c2, o2 = baseline_ops.set_abstraction(sa, xyz, feats)
+    torch.testing.assert_close(centers, c2)
+    torch.testing.assert_close(out, o2, rtol=1e-4, atol=1e-4)
+
+
+def test_single_layer_scale_and_zero_features():
+    sa = SetAbstractionMSG(16, [0.5], [8], 0, [[10]])
+    sa.eval()
+    xyz = torch.rand(2, 100, 3)
+    centers, out = sa(xyz, None)
+    c2, o2 = baseline_ops.set_abstraction(sa, xyz, None)
+    torch.testing.assert_close(out, o2, rtol=1e-5, atol=1e-5)
+
+
+def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats):
+    d = baseline_ops.square_distance(xyz, coarse)
+    d, idx = d.sort(dim=-1)
+    d, idx = d[:, :, :3], idx[:, :, :3]
+    recip = 1.0 / (d + 1e-8)
+    w = recip / recip.sum(-1, keepdim=True)
+    interp = (baseline_ops.index_points(feats, idx) * w.unsqueeze(-1)).sum(2)
+    x = torch.cat([skip, interp], -1).permute(0, 2, 1).unsqueeze(-1)
+    mlp = fp.mlp
+    for lin, bn in zip(mlp.linears, mlp.norms, strict=True):
+        x = torch.nn.functional.conv2d(x, lin.weight[:, :, None, None], lin.bias)
+        x = torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight,
+                                           bn.bias, False, 0.1, bn.eps).relu()
+    return x.squeeze(-1).permute(0, 2, 1)
+
+
+def test_feature_propagation_matches_reference():
+    torch.manual_seed(2)
+    fp = FeaturePropagation(5 + 7, [16, 9]).double().eval()
+    _randomize_norms(fp)
+    xyz, coarse = torch.rand(2, 200, 3).double(), torch.rand(2, 30, 3).double()
+    skip, feats = torch.randn(2, 200, 5).double(), torch.randn(2, 30, 7).double()
+    torch.testing.assert_close(fp(xyz, coarse, skip, feats),
+                               _naive_fp(fp, xyz, coarse, skip, feats))
+    # a single coarse point is repeated, as in the reference
+    one = FeaturePropagation(7, [4]).double().eval()
+    out = one(xyz, coarse[:, :1], None, feats[:, :1])
+    assert out.shape == (2, 200, 4) and torch.allclose(out, out[:, :1].expand_as(out))
+
+
+def test_shared_mlp_pooling_equals_pool_after():
+    torch.manual_seed(3)
+    mlp = SharedMLP(6, [8, 5]).double()
+    _randomize_norms(mlp)
+    x = torch.randn(4, 10, 7, 6, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        a, b = copy.deepcopy(mlp), copy.deepcopy(mlp)
+        getattr(a, mode)()
+        getattr(b, mode)()
+        torch.testing.assert_close(a(x, pool_dim=2), b(x).amax(dim=2))
