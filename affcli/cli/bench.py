@@ -50,3 +50,45 @@ def loader_cmd(
     )
     rep.result({"benchmark": "loader", "shapes_per_class": shapes_per_class, "rows": rows,
                 "geomean_speedup": geometric_mean(whole)})
+
+
+@bench_app.command("ops")
+def ops_cmd(
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Clouds per batch.")] = 16,
+    points: Annotated[int, typer.Option(help="Points per cloud (>= 512).")] = 2048,
+    repeats: Annotated[int, typer.Option(help="Timed runs per figure (median).")] = 3,
+    no_encoder: Annotated[bool, typer.Option("--no-encoder",
+                                             help="Skip the (slow) encoder rows.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """FPS, ball query, gathers, 3-NN interpolation and the PointNet++ encoder: our CPU path
+    (and Triton on CUDA) vs the reference utility's algorithms, FPS vs fpsample."""
+    from affcli.engine.bench import bench_ops
+
+    if batch_size < 1 or repeats < 1:
+        raise AffError("--batch-size/--repeats", "must be at least 1")
+    rep = reporter(json_out, quiet)
+    rep.note(f"B={batch_size}, N={points}, median of {repeats} runs (the reference encoder "
+             "takes tens of seconds per run) ...")
+    rows = bench_ops(batch_size, points, repeats, encoder=not no_encoder)
+    has_triton = any("triton_ms" in r for r in rows)
+    cols = ["op", "reference ms", "ours (CPU) ms", "speedup", "fpsample ms"]
+    if has_triton:
+        cols.insert(3, "ours (Triton) ms")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    table = []
+    for r in rows:
+        row = [r["op"], fmt(r["reference_ms"]), fmt(r["cpu_ms"])]
+        if has_triton:
+            row.append(fmt(r.get("triton_ms")))
+        row += [f"{r['speedup']:.1f}x", fmt(r.get("fpsample_ms"))]
+        table.append(row)
+    rep.table(f"PointNet++ ops, B={batch_size}, N={points} (milliseconds per call)", cols, table,
+              caption="reference = the reference utility's algorithms (Python-loop FPS, dense "
+              "distances + sort, NCHW 1x1 convolutions)")
+    rep.result({"benchmark": "ops", "batch_size": batch_size, "points": points,
+                "repeats": repeats, "rows": rows})

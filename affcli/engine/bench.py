@@ -13,6 +13,7 @@ import numpy as np
 from affcli.data.datasets import open_dataset
 from affcli.data.prepare import prepare
 from affcli.data.synth.run import synthesize
+from affcli.errors import AffError
 
 
 def _rate(dataset: Any, budget_s: float, batch_size: int = 16, min_batches: int = 2
@@ -104,3 +105,189 @@ def _loop_rate(get: Any, budget_s: float, min_items: int = 3) -> float:
 
 def geometric_mean(values: Sequence[float]) -> float:
     return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def _median_ms(fn: Any, repeats: int, sync: Any = None) -> float:
+    fn()  # warm up (JIT compilation, caches, allocator)
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def realistic_clouds(batch_size: int, num_points: int, seed: int = 0) -> Any:
+    """Object surfaces (the synthetic classes in turn), centred and scaled to the unit sphere
+    like the models' inputs: neighbourhood sizes, and so the work, are those of real data."""
+    import torch
+
+    from affcli.data.datasets import normalize_points
+    from affcli.data.synth.shapes import SYNTH_CLASSES, make_shape
+
+    clouds = []
+    for i in range(batch_size):
+        shape = make_shape(SYNTH_CLASSES[i % len(SYNTH_CLASSES)],
+                           np.random.default_rng([seed, i]), n_points=num_points)
+        clouds.append(normalize_points(shape.points))
+    return torch.from_numpy(np.stack(clouds))
+
+
+def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
+              encoder: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """Milliseconds per call of the engine's ops and encoder: ours (CPU path; Triton too on
+    CUDA) against the reference utility's algorithms, and FPS against `fpsample`."""
+    import torch
+
+    from affcli import ops
+    from affcli.engine import baseline_ops as ref
+    from affcli.nn.pointnet2 import EncoderConfig, _gather_rows
+
+    if num_points < 512:
+        raise AffError("--points", "must be at least 512 (the first level samples 512 centres)")
+    gen = torch.Generator().manual_seed(seed)
+    xyz = realistic_clouds(batch_size, num_points, seed)
+    feats = xyz.clone()  # the first level's features are the coordinates, as in the models
+    cfg = EncoderConfig()
+    devices = [("cpu", xyz)]
+    if torch.cuda.is_available():
+        devices.append(("triton", xyz.cuda()))
+    rows: list[dict[str, Any]] = []
+
+    def add(op: str, ours: dict[str, float], reference: float, extra: dict | None = None) -> None:
+        row = {"op": op, "reference_ms": reference, **{f"{k}_ms": v for k, v in ours.items()}}
+        row["speedup"] = reference / ours["cpu"]
+        row.update(extra or {})
+        rows.append(row)
+
+    centers = {}
+    # FPS
+    ours = {}
+    for name, x in devices:
+        sync = torch.cuda.synchronize if name == "triton" else None
+        ours[name] = _median_ms(lambda x=x: ops.farthest_point_sample(x, cfg.sa1_centers),
+                                repeats, sync)
+        centers[name] = _gather_rows(x, ops.farthest_point_sample(x, cfg.sa1_centers))
+    reference = _median_ms(lambda: ref.farthest_point_sample(xyz, cfg.sa1_centers), repeats)
+    extra = {}
+    try:
+        import fpsample
+
+        pcs = xyz.numpy()
+        extra["fpsample_ms"] = _median_ms(lambda: [fpsample.bucket_fps_kdline_sampling(
+            p, cfg.sa1_centers, h=7, start_idx=0) for p in pcs], repeats)
+        extra["fpsample_ratio"] = ours["cpu"] / extra["fpsample_ms"]
+    except ImportError:
+        extra["fpsample_ms"] = None
+    add(f"FPS {num_points}->{cfg.sa1_centers}", ours, reference, extra)
+    sampling = {k: v for k, v in ours.items()}
+    sampling_ref = reference
+
+    # ball query, the three sa1 scales
+    ours = {}
+    for name, x in devices:
+        sync = torch.cuda.synchronize if name == "triton" else None
+        c = centers[name]
+        ours[name] = _median_ms(lambda x=x, c=c: ops.ball_query_multi(
+            x, c, list(cfg.sa1_radii), list(cfg.sa1_neighbors)), repeats, sync)
+    c = centers["cpu"]
+    reference = _median_ms(lambda: [ref.ball_query(xyz, c, r, k) for r, k in zip(
+        cfg.sa1_radii, cfg.sa1_neighbors, strict=True)], repeats)
+    add("ball query x3 (sa1)", ours, reference)
+    sampling = {k: sampling[k] + v for k, v in ours.items()}
+    sampling_ref += reference
+
+    # gathers: neighbours' xyz and features for the three scales
+    idxs = [ops.ball_query(xyz, c, r, k) for r, k in zip(cfg.sa1_radii, cfg.sa1_neighbors,
+                                                           strict=True)]
+    xyz_cf, feats_cf = xyz.transpose(1, 2).contiguous(), feats.transpose(1, 2).contiguous()
+    ours = {"cpu": _median_ms(lambda: [(ops.gather_group(xyz_cf, i), ops.gather_group(
+        feats_cf, i)) for i in idxs], repeats)}
+    if len(devices) > 1:
+        xg, fg, ig = xyz_cf.cuda(), feats_cf.cuda(), [i.cuda() for i in idxs]
+        ours["triton"] = _median_ms(lambda: [(ops.gather_group(xg, i), ops.gather_group(fg, i))
+                                             for i in ig], repeats, torch.cuda.synchronize)
+    reference = _median_ms(lambda: [(ref.index_points(xyz, i), ref.index_points(feats, i))
+                                    for i in idxs], repeats)
+    add("gathers x3 (sa1)", ours, reference)
+    sampling = {k: sampling[k] + v for k, v in ours.items()}
+    sampling_ref += reference
+    add("sampling + grouping", sampling, sampling_ref)
+
+    # 3-NN + interpolation, 512 -> N points, 128 channels
+    coarse_f = torch.randn(batch_size, 128, cfg.sa1_centers, generator=gen)
+
+    def ours_interp(x: Any, c: Any, f: Any) -> Any:
+        d, i = ops.three_nn(x, c)
+        w = 1.0 / (d + 1e-8)
+        return ops.three_interpolate(f, i, w / w.sum(-1, keepdim=True))
+
+    def ref_interp() -> Any:
+        d, i = ref.square_distance(xyz, c).sort(dim=-1)
+        d, i = d[:, :, :3], i[:, :, :3]
+        w = 1.0 / (d + 1e-8)
+        w = w / w.sum(-1, keepdim=True)
+        return (ref.index_points(coarse_f.transpose(1, 2), i) * w.unsqueeze(-1)).sum(2)
+
+    ours = {"cpu": _median_ms(lambda: ours_interp(xyz, c, coarse_f), repeats)}
+    if len(devices) > 1:
+        ours["triton"] = _median_ms(lambda: ours_interp(xyz.cuda(), centers["triton"],
+                                                        coarse_f.cuda()), repeats,
+                                    torch.cuda.synchronize)
+    add("3-NN + interpolation", ours, _median_ms(ref_interp, repeats))
+
+    if encoder:
+        rows.extend(_bench_encoder(xyz, repeats, devices))
+    return rows
+
+
+def _bench_encoder(xyz: Any, repeats: int, devices: list) -> list[dict[str, Any]]:
+    import torch
+
+    from affcli.engine import baseline_ops as ref
+    from affcli.nn.pointnet2 import PointNet2Encoder
+
+    torch.manual_seed(0)
+    enc = PointNet2Encoder()
+    rows = []
+
+    def fwd_bwd(run: Any) -> Any:
+        def go() -> None:
+            levels = run()
+            sum(f.sum() for _, f in levels[1:]).backward()
+        return go
+
+    cases = [
+        ("encoder forward (eval)", "eval", False),
+        ("encoder forward (train)", "train", False),
+        ("encoder forward+backward", "train", True),
+    ]
+    for label, mode, backward in cases:
+        getattr(enc, mode)()
+        ours: dict[str, float] = {}
+        for name, x in devices:
+            model = enc if name == "cpu" else enc.cuda()
+            sync = torch.cuda.synchronize if name == "triton" else None
+
+            def run(model: Any = model, x: Any = x) -> Any:
+                return model(x)
+
+            if backward:
+                ours[name] = _median_ms(fwd_bwd(run), repeats, sync)
+            else:
+                with torch.no_grad():
+                    ours[name] = _median_ms(run, repeats, sync)
+            enc.cpu()
+        if backward:
+            reference = _median_ms(fwd_bwd(lambda: ref.encoder_forward(enc, xyz)),
+                                   max(1, repeats - 1))
+        else:
+            with torch.no_grad():
+                reference = _median_ms(lambda: ref.encoder_forward(enc, xyz),
+                                       max(1, repeats - 1))
+        row = {"op": label, "reference_ms": reference,
+               **{f"{k}_ms": v for k, v in ours.items()}, "speedup": reference / ours["cpu"]}
+        rows.append(row)
+    return rows

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from affcli.ops import (
-    ball_query,
+    ball_query_multi,
+    batch_norm_relu,
     column_moments,
     farthest_point_sample,
     three_interpolate,
@@ -39,9 +40,9 @@ class SharedMLP(nn.Module):
       multiply-add and an in-place clamp;
     - eval: BatchNorm is folded into the Linear, so a layer is one addmm and a clamp;
     - with `pool_dim`, the last layer max-pools before its normalisation and ReLU: both are
-      monotonic per channel (increasing when the BatchNorm scale is >= 0, decreasing
-      otherwise, where the minimum is taken instead), so pooling first gives the same values
-      while normalising a tensor k times smaller.
+      monotonic per channel (increasing when the BatchNorm scale is >= 0; channels with a
+      negative scale are negated first, by flipping their weight rows), so pooling first gives
+      the same values while normalising a tensor k times smaller.
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
@@ -55,42 +56,58 @@ class SharedMLP(nn.Module):
             last = c
         self.out_channels = last
 
-    def _scale_shift(self, i: int, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """BatchNorm as y * scale + shift for the pre-bias product y [R, C] (training, which
-        also updates the running statistics) or for the folded eval form (y is None)."""
+    def _update_running(self, i: int, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
+        """BatchNorm's running statistics, as the module would keep them for y + bias."""
         bn, lin = self.norms[i], self.linears[i]
-        if y is None or not self.training:
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            return scale, bn.bias + (lin.bias - bn.running_mean) * scale
-        rows = y.shape[0]
+        if not bn.track_running_stats or bn.running_mean is None:
+            return
+        with torch.no_grad():
+            m = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.mul_(1 - m).add_(m * (mean + lin.bias))
+            bn.running_var.mul_(1 - m).add_(m * var * rows / max(rows - 1, 1))
+            bn.num_batches_tracked.add_(1)
+
+    def _folded(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval BatchNorm as y * scale + shift for the pre-bias product y (the Linear's bias
+        is inside shift)."""
+        bn, lin = self.norms[i], self.linears[i]
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return scale, bn.bias + (lin.bias - bn.running_mean) * scale
+
+    def _norm_relu(self, i: int, y: torch.Tensor) -> torch.Tensor:
+        """relu(BatchNorm(y + bias)) of a pre-bias product y [R, C]."""
+        if not self.training:
+            scale, shift = self._folded(i)
+            return torch.addcmul(shift, y, scale).relu_()
+        bn = self.norms[i]
+        out, mean, var = batch_norm_relu(y, bn.weight, bn.bias, bn.eps)
+        self._update_running(i, mean, var, y.shape[0])
+        return out
+
+    def _pooled_last(self, i: int, x: torch.Tensor, pool: int) -> torch.Tensor:
+        lin, bn = self.linears[i], self.norms[i]
+        if not self.training:
+            scale, shift = self._folded(i)
+            y = (x @ (lin.weight * scale.unsqueeze(1)).t()).view(-1, pool, scale.shape[0])
+            return (y.amax(1) + shift).relu_()  # folded: increasing in y, pool by max
+        # Flip the channels whose BatchNorm scale is negative (fold the sign into the weight):
+        # then normalisation is increasing in every channel and one max pools them all.
+        sign = torch.where(bn.weight.detach() >= 0, 1.0, -1.0).to(x.dtype)
+        y = x @ (lin.weight * sign.unsqueeze(1)).t()
         mean, var = column_moments(y)
-        if bn.track_running_stats and bn.running_mean is not None:
-            with torch.no_grad():
-                m = bn.momentum if bn.momentum is not None else 0.1
-                bn.running_mean.mul_(1 - m).add_(m * (mean + lin.bias))
-                bn.running_var.mul_(1 - m).add_(m * var * rows / max(rows - 1, 1))
-                bn.num_batches_tracked.add_(1)
-        scale = bn.weight * torch.rsqrt(var + bn.eps)
-        return scale, bn.bias - mean * scale
+        self._update_running(i, sign * mean.detach(), var.detach(), y.shape[0])
+        scale = bn.weight.abs() * torch.rsqrt(var + bn.eps)
+        pooled = y.view(-1, pool, y.shape[-1]).max(1).values
+        return torch.addcmul(bn.bias - mean * scale, pooled, scale).relu_()
 
     def _layer(self, i: int, x: torch.Tensor, pool: int | None) -> torch.Tensor:
-        lin = self.linears[i]
-        if self.training:
-            y = x @ lin.weight.t()
-            scale, shift = self._scale_shift(i, y)
-        else:
-            scale, shift = self._scale_shift(i, None)
-            y = x @ (lin.weight * scale.unsqueeze(1)).t()
-            scale = None
         if pool is not None:
-            y = y.view(-1, pool, y.shape[-1])
-            if scale is None:  # folded: the affine is increasing, pool by max
-                return (y.amax(1) + shift).relu_()
-            pooled = torch.where(scale >= 0, y.amax(1), y.amin(1))
-            return torch.addcmul(shift, pooled, scale).relu_()
-        if scale is None:
-            return (y + shift).relu_()
-        return torch.addcmul(shift, y, scale).relu_()
+            return self._pooled_last(i, x, pool)
+        lin = self.linears[i]
+        if not self.training:
+            scale, shift = self._folded(i)
+            return torch.addmm(shift, x, (lin.weight * scale.unsqueeze(1)).t()).relu_()
+        return self._norm_relu(i, x @ lin.weight.t())
 
     def forward(self, x: torch.Tensor, start: int = 0, pool_dim: int | None = None
                 ) -> torch.Tensor:
@@ -114,10 +131,7 @@ class SharedMLP(nn.Module):
         """BatchNorm + ReLU of layer i applied to an already computed pre-bias product
         y [..., C] (the set abstraction computes its first layer itself)."""
         shape = y.shape
-        y2 = y.reshape(-1, shape[-1])
-        # eval: shift = beta + (bias - running_mean) * scale, so the missing bias is included
-        scale, shift = self._scale_shift(i, y2 if self.training else None)
-        return torch.addcmul(shift, y2, scale).relu_().reshape(shape)
+        return self._norm_relu(i, y.reshape(-1, shape[-1])).reshape(shape)
 
 
 def _gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -154,8 +168,8 @@ class SetAbstractionMSG(nn.Module):
         centers_idx = farthest_point_sample(xyz, self.num_centers, start=self.fps_start)
         centers = _gather_rows(xyz, centers_idx)
         outs = []
-        for radius, k, mlp in zip(self.radii, self.num_neighbors, self.scales, strict=True):
-            idx = ball_query(xyz, centers, radius, k)
+        groups = ball_query_multi(xyz, centers, self.radii, self.num_neighbors)
+        for idx, mlp in zip(groups, self.scales, strict=True):
             first = mlp.linears[0]
             w_feat, w_xyz = first.weight[:, : self.in_channels], first.weight[:, self.in_channels:]
             # W [f_j; x_j - c] + b = (W_f f_j + W_x x_j) - W_x c + b

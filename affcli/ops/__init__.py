@@ -24,6 +24,8 @@ from affcli.ops import autograd as _ag
 __all__ = [
     "backend_for",
     "ball_query",
+    "ball_query_multi",
+    "batch_norm_relu",
     "column_moments",
     "farthest_point_sample",
     "gather_group",
@@ -108,6 +110,25 @@ def ball_query(xyz: torch.Tensor, centers: torch.Tensor, radius: float, k: int) 
                                  centers.detach().float().contiguous(), float(radius), k)
 
 
+def ball_query_multi(xyz: torch.Tensor, centers: torch.Tensor, radii: list[float],
+                     ks: list[int]) -> list[torch.Tensor]:
+    """`[ball_query(xyz, centers, r, k) for r, k in zip(radii, ks)]`, on the CPU in one scan
+    over the points (a multi-scale grouping queries the same centres at several radii)."""
+    if len(radii) != len(ks) or not radii:
+        raise ValueError("radii and ks need the same, non-zero number of entries")
+    if backend_for(xyz) != "cpu":
+        return [ball_query(xyz, centers, r, k) for r, k in zip(radii, ks, strict=True)]
+    _check_points("xyz", xyz)
+    _check_points("centers", centers, batch=xyz.shape[0])
+    if any(not r > 0 for r in radii) or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"radii must be positive and ks positive ints, got {radii}, {ks}")
+    from affcli.ops import cpu
+
+    return cpu.ball_query_multi(xyz.detach().float().contiguous(),
+                                centers.detach().float().contiguous(),
+                                [float(r) for r in radii], list(ks))
+
+
 def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dist2 [B, n, 3], idx [B, n, 3] int64): the 3 nearest `known` points of each
     `unknown` point, by squared distance, ascending."""
@@ -159,3 +180,20 @@ def column_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _ag.ColumnMoments.apply(y, cpu)
     mean = y.mean(0)
     return mean, (y - mean).square().mean(0)
+
+
+def batch_norm_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(relu(batch_norm(y)), batch mean, biased batch variance) for y [R, C] in training
+    mode (batch statistics), differentiable in y, weight and bias. The caller updates any
+    running statistics from the returned moments."""
+    if y.dim() != 2 or not y.is_floating_point():
+        raise ValueError(f"y must be a 2-D floating tensor [R, C], got {list(y.shape)} {y.dtype}")
+    if backend_for(y) == "cpu":
+        from affcli.ops import cpu
+
+        return _ag.BatchNormReLU.apply(y, weight, bias, eps, cpu)
+    mean = y.detach().mean(0)
+    var = y.detach().var(0, unbiased=False)
+    out = torch.nn.functional.batch_norm(y, None, None, weight, bias, True, 0.0, eps)
+    return torch.relu(out), mean, var

@@ -65,3 +65,28 @@ class ColumnMoments(torch.autograd.Function):
         y, mean = ctx.saved_tensors
         rows = y.shape[0]
         return (grad_mean / rows) + (y - mean) * (2.0 * grad_var / rows), None
+
+
+class BatchNormReLU(torch.autograd.Function):
+    """relu(batch_norm(y)) over the rows of y [R, C] with batch statistics (training mode);
+    forward and backward are two passes each in the CPU backend instead of the half-dozen
+    elementwise passes autograd would chain."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                eps: float, impl: ModuleType) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, var = impl.column_moments(y)
+        invstd = torch.rsqrt(var + eps)
+        scale = weight * invstd
+        out = impl.affine_relu(y, scale, bias - mean * scale)
+        ctx.save_for_backward(y, out, mean, invstd, weight)
+        ctx.impl = impl
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _gm: Any, _gv: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+        y, out, mean, invstd, weight = ctx.saved_tensors
+        dy, dw, db = ctx.impl.batch_norm_relu_backward(grad, out, y, mean, invstd, weight)
+        return dy, dw, db, None, None

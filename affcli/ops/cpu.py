@@ -87,6 +87,51 @@ def _three_nn(unknown: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.nd
     return dist, idx
 
 
+@numba.njit(parallel=True, **_JIT)
+def _ball_query_multi(xyz: np.ndarray, centers: np.ndarray, r2: np.ndarray, ks: np.ndarray
+                      ) -> np.ndarray:  # pragma: no cover
+    # All scales of a multi-scale grouping in one scan: each point's distance is computed
+    # once and offered to every radius; outputs are packed side by side along the last axis.
+    b_, num, _ = xyz.shape
+    m_ = centers.shape[1]
+    s_ = r2.shape[0]
+    offs = np.zeros(s_ + 1, np.int64)
+    for s in range(s_):
+        offs[s + 1] = offs[s] + ks[s]
+    out = np.zeros((b_, m_, offs[s_]), np.int64)
+    r2max = r2.max()
+    for q in numba.prange(b_ * m_):
+        b, m = q // m_, q % m_
+        cx, cy, cz = centers[b, m, 0], centers[b, m, 1], centers[b, m, 2]
+        cnt = np.zeros(s_, np.int64)
+        full = 0
+        for j in range(num):
+            dx, dy, dz = xyz[b, j, 0] - cx, xyz[b, j, 1] - cy, xyz[b, j, 2] - cz
+            d = dx * dx + dy * dy + dz * dz
+            if d > r2max:  # most points are outside every ball: one comparison
+                continue
+            for s in range(s_):
+                if cnt[s] < ks[s] and d <= r2[s]:
+                    out[b, m, offs[s] + cnt[s]] = j
+                    cnt[s] += 1
+                    if cnt[s] == ks[s]:
+                        full += 1
+            if full == s_:
+                break
+        for s in range(s_):
+            for j in range(cnt[s], ks[s]):
+                out[b, m, offs[s] + j] = out[b, m, offs[s]]
+    return out
+
+
+def ball_query_multi(xyz: torch.Tensor, centers: torch.Tensor, radii: list[float],
+                     ks: list[int]) -> list[torch.Tensor]:
+    r2 = np.array([r * r for r in radii], np.float32)
+    packed = torch.from_numpy(_ball_query_multi(xyz.cpu().numpy(), centers.cpu().numpy(), r2,
+                                                np.array(ks, np.int64))).to(xyz.device)
+    return list(torch.split(packed, list(ks), dim=-1))
+
+
 def farthest_point_sample(xyz: torch.Tensor, n: int, starts: torch.Tensor) -> torch.Tensor:
     out = _fps(xyz.cpu().numpy(), n, starts.cpu().numpy())
     return torch.from_numpy(out).to(xyz.device)
@@ -103,18 +148,40 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.from_numpy(dist).to(unknown.device), torch.from_numpy(idx).to(unknown.device)
 
 
+@numba.njit(parallel=True, **_JIT)
+def _gather(f: np.ndarray, idx: np.ndarray) -> np.ndarray:  # pragma: no cover
+    b_, c_, _ = f.shape
+    _, m_, k_ = idx.shape
+    out = np.empty((b_, c_, m_, k_), f.dtype)
+    for q in numba.prange(b_ * c_):
+        b, c = q // c_, q % c_
+        for m in range(m_):
+            for j in range(k_):
+                out[b, c, m, j] = f[b, c, idx[b, m, j]]
+    return out
+
+
+@numba.njit(parallel=True, **_JIT)
+def _scatter_add(g: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover
+    # one (batch, channel) row per task: no two tasks write the same element
+    b_, c_, m_, k_ = g.shape
+    out = np.zeros((b_, c_, n), g.dtype)
+    for q in numba.prange(b_ * c_):
+        b, c = q // c_, q % c_
+        for m in range(m_):
+            for j in range(k_):
+                out[b, c, idx[b, m, j]] += g[b, c, m, j]
+    return out
+
+
 def gather_group(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    b, c, _ = features.shape
-    _, m, k = idx.shape
-    flat = idx.reshape(b, 1, m * k).expand(b, c, m * k)
-    return torch.gather(features, 2, flat).reshape(b, c, m, k)
+    return torch.from_numpy(_gather(features.detach().contiguous().numpy(),
+                                    idx.contiguous().numpy()))
 
 
 def gather_group_backward(grad: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
-    b, c, m, k = grad.shape
-    out = grad.new_zeros(b, c, n)
-    return out.scatter_add_(2, idx.reshape(b, 1, m * k).expand(b, c, m * k),
-                            grad.reshape(b, c, m * k))
+    return torch.from_numpy(_scatter_add(grad.detach().contiguous().numpy(),
+                                         idx.contiguous().numpy(), n))
 
 
 def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor
@@ -148,9 +215,88 @@ def _column_moments(y: np.ndarray, chunks: int) -> np.ndarray:  # pragma: no cov
 
 def column_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, biased variance) of each column of y [R, C], in one pass with float64 sums."""
-    # a few chunks per thread so that uneven threads still finish together
-    chunks = 4 * numba.get_num_threads()
-    sums = torch.from_numpy(_column_moments(y.detach().contiguous().numpy(), chunks))
+    sums = torch.from_numpy(_column_moments(y.detach().contiguous().numpy(), _chunks()))
     mean = sums[0] / y.shape[0]
     var = (sums[1] / y.shape[0] - mean.square()).clamp_min(0.0)
     return mean.to(y.dtype), var.to(y.dtype)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _affine_relu(y: np.ndarray, scale: np.ndarray, shift: np.ndarray, chunks: int
+                 ) -> np.ndarray:  # pragma: no cover
+    rows, cols = y.shape
+    out = np.empty_like(y)
+    step = (rows + chunks - 1) // chunks
+    for t in numba.prange(chunks):
+        for i in range(t * step, min(rows, (t + 1) * step)):
+            for j in range(cols):
+                v = y[i, j] * scale[j] + shift[j]
+                out[i, j] = v if v > 0 else 0.0
+    return out
+
+
+@numba.njit(parallel=True, **_JIT)
+def _masked_moments(g: np.ndarray, out: np.ndarray, y: np.ndarray, chunks: int
+                    ) -> np.ndarray:  # pragma: no cover
+    # per column: sum of g where out > 0, and sum of g * y there
+    rows, cols = y.shape
+    step = (rows + chunks - 1) // chunks
+    part = np.zeros((chunks, 2, cols), np.float64)
+    for t in numba.prange(chunks):
+        s = np.zeros(cols, np.float64)
+        sy = np.zeros(cols, np.float64)
+        for i in range(t * step, min(rows, (t + 1) * step)):
+            for j in range(cols):
+                if out[i, j] > 0:
+                    s[j] += g[i, j]
+                    sy[j] += g[i, j] * y[i, j]
+        part[t, 0] = s
+        part[t, 1] = sy
+    return part.sum(0)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _bn_relu_input_grad(g: np.ndarray, out: np.ndarray, y: np.ndarray, a: np.ndarray,
+                        d: np.ndarray, e: np.ndarray, chunks: int) -> np.ndarray:
+    # pragma: no cover
+    rows, cols = y.shape
+    dy = np.empty_like(y)
+    step = (rows + chunks - 1) // chunks
+    for t in numba.prange(chunks):
+        for i in range(t * step, min(rows, (t + 1) * step)):
+            for j in range(cols):
+                gz = g[i, j] if out[i, j] > 0 else 0.0
+                dy[i, j] = a[j] * gz + d[j] - e[j] * y[i, j]
+    return dy
+
+
+def _chunks() -> int:
+    # a few chunks per thread so that uneven threads still finish together
+    return 4 * numba.get_num_threads()
+
+
+def affine_relu(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """max(0, y * scale + shift) for y [R, C], one pass."""
+    out = _affine_relu(y.contiguous().numpy(), scale.contiguous().numpy(),
+                       shift.contiguous().numpy(), _chunks())
+    return torch.from_numpy(out)
+
+
+def batch_norm_relu_backward(g: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
+                             mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (y, weight, bias) of out = relu(((y - mean) * invstd) * weight + bias) with
+    batch statistics, in two passes over the rows."""
+    rows = y.shape[0]
+    m = _masked_moments(g.contiguous().numpy(), out.numpy(), y.numpy(), _chunks())
+    sum_g = torch.from_numpy(m[0])
+    # sum of g * xhat = invstd * (sum g*y - mean * sum g)
+    sum_g_xhat = invstd.double() * (torch.from_numpy(m[1]) - mean.double() * sum_g)
+    a = (weight.double() * invstd.double())
+    c = a * sum_g_xhat / rows
+    e = c * invstd.double()
+    d = e * mean.double() - a * sum_g / rows
+    dy = _bn_relu_input_grad(g.contiguous().numpy(), out.numpy(), y.numpy(),
+                             a.to(y.dtype).numpy(), d.to(y.dtype).numpy(),
+                             e.to(y.dtype).numpy(), _chunks())
+    return torch.from_numpy(dy), sum_g_xhat.to(weight.dtype), sum_g.to(weight.dtype)

@@ -109,3 +109,17 @@ def test_bench_loader_runs(run_cli):
     for r in rows.values():
         assert r["raw_samples_per_s"] > 0 and r["h5_samples_per_s"] > 0
         assert r["speedup"] == pytest.approx(r["h5_samples_per_s"] / r["raw_samples_per_s"])
+
+
+def test_bench_ops_runs(run_cli):
+    code, out, err = run_cli("bench", "ops", "-b", "1", "--points", "600", "--repeats", "1",
+                             "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    ops = {r["op"]: r for r in doc["rows"]}
+    assert {"FPS 600->512", "ball query x3 (sa1)", "sampling + grouping",
+            "3-NN + interpolation", "encoder forward+backward"} <= set(ops)
+    for r in doc["rows"]:
+        assert r["cpu_ms"] > 0 and r["reference_ms"] > 0
+    code, _, err = run_cli("bench", "ops", "--points", "100")
+    assert code == 2 and "--points" in err

@@ -157,3 +157,32 @@ def test_backend_choice(monkeypatch):
         ops.backend_for(x)
     monkeypatch.delenv("AFFCLI_OPS")
     assert ops.backend_for(x) == "cpu"  # no CUDA tensor: the CPU path
+
+
+def test_batch_norm_relu_matches_torch_and_gradcheck():
+    g = torch.Generator().manual_seed(8)
+    y = torch.randn(3000, 6, generator=g, dtype=torch.float64) * 2 + 0.5
+    w = torch.tensor([1.5, -0.7, 0.2, 1.0, -2.0, 0.9], dtype=torch.float64)
+    b = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
+    out, mean, var = ops.batch_norm_relu(y, w, b, 1e-5)
+    expect = torch.nn.functional.batch_norm(y, None, None, w, b, True, 0.0, 1e-5).relu()
+    torch.testing.assert_close(out, expect)
+    rv, rm = torch.var_mean(y, dim=0, correction=0)
+    torch.testing.assert_close(mean, rm)
+    torch.testing.assert_close(var, rv)
+    small = (torch.randn(40, 3, generator=g, dtype=torch.float64).requires_grad_(),
+             torch.tensor([1.2, -0.4, 0.8], dtype=torch.float64, requires_grad=True),
+             torch.tensor([0.1, 0.3, -0.2], dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda a, c, d: ops.batch_norm_relu(a, c, d, 1e-5)[0], small)
+
+
+def test_ball_query_multi_equals_separate_queries():
+    xyz = _cloud(3, 800, seed=21)
+    centers = xyz[:, :100]
+    radii, ks = [0.1, 0.25, 0.6], [8, 32, 64]
+    multi = ops.ball_query_multi(xyz, centers, radii, ks)
+    for got, r, k in zip(multi, radii, ks, strict=True):
+        assert torch.equal(got, ops.ball_query(xyz, centers, r, k))
+        assert torch.equal(got, ref.ball_query(xyz, centers, r, k))
+    with pytest.raises(ValueError, match="same"):
+        ops.ball_query_multi(xyz, centers, [0.1], [4, 8])
