@@ -190,8 +190,8 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
     for name, x in devices:
         sync = torch.cuda.synchronize if name == "triton" else None
         c = centers[name]
-        ours[name] = _median_ms(lambda x=x, c=c: ops.ball_query_multi(
-            x, c, list(cfg.sa1_radii), list(cfg.sa1_neighbors)), repeats, sync)
+        ours[name] = _median_ms(lambda x=x, c=c: [ops.ball_query(x, c, r, k) for r, k in zip(
+            cfg.sa1_radii, cfg.sa1_neighbors, strict=True)], repeats, sync)
     c = centers["cpu"]
     reference = _median_ms(lambda: [ref.ball_query(xyz, c, r, k) for r, k in zip(
         cfg.sa1_radii, cfg.sa1_neighbors, strict=True)], repeats)
@@ -199,17 +199,18 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
     sampling = {k: sampling[k] + v for k, v in ours.items()}
     sampling_ref += reference
 
-    # gathers: neighbours' xyz and features for the three scales
+    # gathers: each scale's grouped [features; xyz] (the reference gathers the two and
+    # concatenates; channels-first, one gather of the concatenation does both)
     idxs = [ops.ball_query(xyz, c, r, k) for r, k in zip(cfg.sa1_radii, cfg.sa1_neighbors,
                                                            strict=True)]
-    xyz_cf, feats_cf = xyz.transpose(1, 2).contiguous(), feats.transpose(1, 2).contiguous()
-    ours = {"cpu": _median_ms(lambda: [(ops.gather_group(xyz_cf, i), ops.gather_group(
-        feats_cf, i)) for i in idxs], repeats)}
+    both = torch.cat([feats, xyz], dim=-1).transpose(1, 2).contiguous()  # [B, 6, N]
+    ours = {"cpu": _median_ms(lambda: [ops.gather_group(both, i) for i in idxs], repeats)}
     if len(devices) > 1:
-        xg, fg, ig = xyz_cf.cuda(), feats_cf.cuda(), [i.cuda() for i in idxs]
-        ours["triton"] = _median_ms(lambda: [(ops.gather_group(xg, i), ops.gather_group(fg, i))
-                                             for i in ig], repeats, torch.cuda.synchronize)
-    reference = _median_ms(lambda: [(ref.index_points(xyz, i), ref.index_points(feats, i))
+        bg, ig = both.cuda(), [i.cuda() for i in idxs]
+        ours["triton"] = _median_ms(lambda: [ops.gather_group(bg, i) for i in ig], repeats,
+                                    torch.cuda.synchronize)
+    reference = _median_ms(lambda: [torch.cat([ref.index_points(feats, i),
+                                               ref.index_points(xyz, i)], -1)
                                     for i in idxs], repeats)
     add("gathers x3 (sa1)", ours, reference)
     sampling = {k: sampling[k] + v for k, v in ours.items()}

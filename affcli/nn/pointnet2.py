@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from affcli.ops import (
-    ball_query_multi,
+    ball_query,
     batch_norm_relu,
     column_moments,
     farthest_point_sample,
@@ -143,6 +143,41 @@ def _gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return values.reshape(b * n, c).index_select(0, flat).reshape(*idx.shape, c)
 
 
+# Rows per block of the inference path: small enough that a block's activations stay in the
+# CPU caches between layers (a few MB), large enough that the per-block overhead is small.
+INFERENCE_BLOCK_ROWS = 4096
+
+
+def _grouped_mlp_inference(mlp: SharedMLP, per_point: torch.Tensor, per_center: torch.Tensor,
+                           idx: torch.Tensor) -> torch.Tensor:
+    """Eval-mode grouped MLP + max-pool, in blocks of centres: each block goes through every
+    layer while its activations are still in cache, instead of every layer streaming the
+    whole [B, M, k, C] tensor through memory. Same values as the unblocked path."""
+    b, n, c1 = per_point.shape
+    _, m, k = idx.shape
+    flat = (idx + (torch.arange(b, device=idx.device) * n).view(b, 1, 1)).reshape(b * m, k)
+    rows, centers = per_point.reshape(b * n, c1), per_center.reshape(b * m, c1)
+    folded = [mlp._folded(i) for i in range(len(mlp.linears))]
+    weights = [(lin.weight * sc.unsqueeze(1)).t().contiguous()
+               for lin, (sc, _) in zip(mlp.linears, folded, strict=True)]
+    out = per_point.new_empty(b * m, mlp.out_channels)
+    step = max(1, INFERENCE_BLOCK_ROWS // k)
+    scale0, shift0 = folded[0]
+    for c0 in range(0, b * m, step):
+        ii = flat[c0:c0 + step]
+        h = rows.index_select(0, ii.reshape(-1)).view(-1, k, c1) - centers[c0:c0 + step, None]
+        h = torch.addcmul(shift0, h, scale0).relu_()
+        if len(weights) == 1:
+            out[c0:c0 + step] = h.amax(1)
+            continue
+        h = h.view(-1, c1)
+        for w, (_, shift) in zip(weights[1:-1], folded[1:-1], strict=True):
+            h = torch.addmm(shift, h, w).relu_()
+        last = (h @ weights[-1]).view(-1, k, weights[-1].shape[1]).amax(1)
+        out[c0:c0 + step] = last.add_(folded[-1][1]).relu_()
+    return out.view(b, m, -1)
+
+
 class SetAbstractionMSG(nn.Module):
     """Multi-scale grouping set abstraction: FPS centres, a ball query per scale, a shared
     MLP on [features, relative xyz], max-pool over neighbours, scales concatenated."""
@@ -168,8 +203,8 @@ class SetAbstractionMSG(nn.Module):
         centers_idx = farthest_point_sample(xyz, self.num_centers, start=self.fps_start)
         centers = _gather_rows(xyz, centers_idx)
         outs = []
-        groups = ball_query_multi(xyz, centers, self.radii, self.num_neighbors)
-        for idx, mlp in zip(groups, self.scales, strict=True):
+        for radius, k, mlp in zip(self.radii, self.num_neighbors, self.scales, strict=True):
+            idx = ball_query(xyz, centers, radius, k)
             first = mlp.linears[0]
             w_feat, w_xyz = first.weight[:, : self.in_channels], first.weight[:, self.in_channels:]
             # W [f_j; x_j - c] + b = (W_f f_j + W_x x_j) - W_x c + b
@@ -177,6 +212,9 @@ class SetAbstractionMSG(nn.Module):
             if features is not None and self.in_channels:
                 per_point = per_point + features @ w_feat.t()
             per_center = centers @ w_xyz.t()
+            if not self.training and not torch.is_grad_enabled():
+                outs.append(_grouped_mlp_inference(mlp, per_point, per_center, idx))
+                continue
             # layer 1 without its bias (normalize() accounts for it), grouped
             h = _gather_rows(per_point, idx) - per_center.unsqueeze(2)  # [B, M, k, C1]
             h = mlp.normalize(0, h)

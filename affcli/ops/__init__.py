@@ -24,7 +24,6 @@ from affcli.ops import autograd as _ag
 __all__ = [
     "backend_for",
     "ball_query",
-    "ball_query_multi",
     "batch_norm_relu",
     "column_moments",
     "farthest_point_sample",
@@ -108,25 +107,6 @@ def ball_query(xyz: torch.Tensor, centers: torch.Tensor, radius: float, k: int) 
         raise ValueError(f"k must be a positive int, got {k!r}")
     return _impl(xyz).ball_query(xyz.detach().float().contiguous(),
                                  centers.detach().float().contiguous(), float(radius), k)
-
-
-def ball_query_multi(xyz: torch.Tensor, centers: torch.Tensor, radii: list[float],
-                     ks: list[int]) -> list[torch.Tensor]:
-    """`[ball_query(xyz, centers, r, k) for r, k in zip(radii, ks)]`, on the CPU in one scan
-    over the points (a multi-scale grouping queries the same centres at several radii)."""
-    if len(radii) != len(ks) or not radii:
-        raise ValueError("radii and ks need the same, non-zero number of entries")
-    if backend_for(xyz) != "cpu":
-        return [ball_query(xyz, centers, r, k) for r, k in zip(radii, ks, strict=True)]
-    _check_points("xyz", xyz)
-    _check_points("centers", centers, batch=xyz.shape[0])
-    if any(not r > 0 for r in radii) or any(not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"radii must be positive and ks positive ints, got {radii}, {ks}")
-    from affcli.ops import cpu
-
-    return cpu.ball_query_multi(xyz.detach().float().contiguous(),
-                                centers.detach().float().contiguous(),
-                                [float(r) for r in radii], list(ks))
 
 
 def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,27 +14,47 @@ import torch
 _JIT = {"nogil": True, "cache": True}
 
 
+@numba.njit(fastmath=True, inline="always", **_JIT)
+def _max_of(a: np.ndarray) -> float:  # pragma: no cover
+    # fastmath only here: a max is exact in any order, and the flags let it vectorise
+    best = np.float32(-1.0)
+    for j in range(a.shape[0]):
+        best = max(best, a[j])
+    return best
+
+
+@numba.njit(inline="always", **_JIT)
+def _relax(px: np.ndarray, py: np.ndarray, pz: np.ndarray, j0: int, dist: np.ndarray
+           ) -> None:  # pragma: no cover
+    # no fastmath: the squared distance is rounded exactly as in the other backends
+    qx, qy, qz = px[j0], py[j0], pz[j0]
+    for j in range(dist.shape[0]):
+        dx, dy, dz = px[j] - qx, py[j] - qy, pz[j] - qz
+        d = dx * dx + dy * dy + dz * dz
+        if d < dist[j]:
+            dist[j] = d
+
+
 @numba.njit(parallel=True, **_JIT)
 def _fps(xyz: np.ndarray, n: int, starts: np.ndarray) -> np.ndarray:  # pragma: no cover
     b_, num, _ = xyz.shape
     out = np.empty((b_, n), np.int64)
     for b in numba.prange(b_):
-        x = xyz[b]
+        # structure of arrays and three simple loops (relax, max, first index of the max)
+        # vectorise; one fused loop with an index-tracking argmax does not
+        px = np.ascontiguousarray(xyz[b, :, 0])
+        py = np.ascontiguousarray(xyz[b, :, 1])
+        pz = np.ascontiguousarray(xyz[b, :, 2])
         dist = np.full(num, np.inf, np.float32)
         far = starts[b]
         for i in range(n):
             out[b, i] = far
-            px, py, pz = x[far, 0], x[far, 1], x[far, 2]
-            best, best_j = np.float32(-1.0), 0
+            _relax(px, py, pz, far, dist)
+            best = _max_of(dist)
             for j in range(num):
-                dx, dy, dz = x[j, 0] - px, x[j, 1] - py, x[j, 2] - pz
-                d = dx * dx + dy * dy + dz * dz
-                if d < dist[j]:
-                    dist[j] = d
-                dj = dist[j]
-                if dj > best:  # strict: ties keep the lowest index
-                    best, best_j = dj, j
-            far = best_j
+                if dist[j] == best:  # ties go to the lowest index
+                    far = j
+                    break
     return out
 
 
@@ -85,51 +105,6 @@ def _three_nn(unknown: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.nd
         dist[b, i, 0], dist[b, i, 1], dist[b, i, 2] = d1, d2, d3
         idx[b, i, 0], idx[b, i, 1], idx[b, i, 2] = i1, i2, i3
     return dist, idx
-
-
-@numba.njit(parallel=True, **_JIT)
-def _ball_query_multi(xyz: np.ndarray, centers: np.ndarray, r2: np.ndarray, ks: np.ndarray
-                      ) -> np.ndarray:  # pragma: no cover
-    # All scales of a multi-scale grouping in one scan: each point's distance is computed
-    # once and offered to every radius; outputs are packed side by side along the last axis.
-    b_, num, _ = xyz.shape
-    m_ = centers.shape[1]
-    s_ = r2.shape[0]
-    offs = np.zeros(s_ + 1, np.int64)
-    for s in range(s_):
-        offs[s + 1] = offs[s] + ks[s]
-    out = np.zeros((b_, m_, offs[s_]), np.int64)
-    r2max = r2.max()
-    for q in numba.prange(b_ * m_):
-        b, m = q // m_, q % m_
-        cx, cy, cz = centers[b, m, 0], centers[b, m, 1], centers[b, m, 2]
-        cnt = np.zeros(s_, np.int64)
-        full = 0
-        for j in range(num):
-            dx, dy, dz = xyz[b, j, 0] - cx, xyz[b, j, 1] - cy, xyz[b, j, 2] - cz
-            d = dx * dx + dy * dy + dz * dz
-            if d > r2max:  # most points are outside every ball: one comparison
-                continue
-            for s in range(s_):
-                if cnt[s] < ks[s] and d <= r2[s]:
-                    out[b, m, offs[s] + cnt[s]] = j
-                    cnt[s] += 1
-                    if cnt[s] == ks[s]:
-                        full += 1
-            if full == s_:
-                break
-        for s in range(s_):
-            for j in range(cnt[s], ks[s]):
-                out[b, m, offs[s] + j] = out[b, m, offs[s]]
-    return out
-
-
-def ball_query_multi(xyz: torch.Tensor, centers: torch.Tensor, radii: list[float],
-                     ks: list[int]) -> list[torch.Tensor]:
-    r2 = np.array([r * r for r in radii], np.float32)
-    packed = torch.from_numpy(_ball_query_multi(xyz.cpu().numpy(), centers.cpu().numpy(), r2,
-                                                np.array(ks, np.int64))).to(xyz.device)
-    return list(torch.split(packed, list(ks), dim=-1))
 
 
 def farthest_point_sample(xyz: torch.Tensor, n: int, starts: torch.Tensor) -> torch.Tensor:

@@ -175,14 +175,3 @@ def test_batch_norm_relu_matches_torch_and_gradcheck():
              torch.tensor([0.1, 0.3, -0.2], dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(lambda a, c, d: ops.batch_norm_relu(a, c, d, 1e-5)[0], small)
 
-
-def test_ball_query_multi_equals_separate_queries():
-    xyz = _cloud(3, 800, seed=21)
-    centers = xyz[:, :100]
-    radii, ks = [0.1, 0.25, 0.6], [8, 32, 64]
-    multi = ops.ball_query_multi(xyz, centers, radii, ks)
-    for got, r, k in zip(multi, radii, ks, strict=True):
-        assert torch.equal(got, ops.ball_query(xyz, centers, r, k))
-        assert torch.equal(got, ref.ball_query(xyz, centers, r, k))
-    with pytest.raises(ValueError, match="same"):
-        ops.ball_query_multi(xyz, centers, [0.1], [4, 8])
