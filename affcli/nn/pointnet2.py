@@ -22,8 +22,9 @@ from torch import nn
 from affcli.ops import (
     ball_query,
     batch_norm_relu,
-    column_moments,
     farthest_point_sample,
+    group_relative,
+    moments_and_max,
     three_interpolate,
     three_nn,
 )
@@ -94,10 +95,9 @@ class SharedMLP(nn.Module):
         # then normalisation is increasing in every channel and one max pools them all.
         sign = torch.where(bn.weight.detach() >= 0, 1.0, -1.0).to(x.dtype)
         y = x @ (lin.weight * sign.unsqueeze(1)).t()
-        mean, var = column_moments(y)
+        mean, var, pooled = moments_and_max(y, pool)
         self._update_running(i, sign * mean.detach(), var.detach(), y.shape[0])
         scale = bn.weight.abs() * torch.rsqrt(var + bn.eps)
-        pooled = y.view(-1, pool, y.shape[-1]).max(1).values
         return torch.addcmul(bn.bias - mean * scale, pooled, scale).relu_()
 
     def _layer(self, i: int, x: torch.Tensor, pool: int | None) -> torch.Tensor:
@@ -216,7 +216,8 @@ class SetAbstractionMSG(nn.Module):
                 outs.append(_grouped_mlp_inference(mlp, per_point, per_center, idx))
                 continue
             # layer 1 without its bias (normalize() accounts for it), grouped
-            h = _gather_rows(per_point, idx) - per_center.unsqueeze(2)  # [B, M, k, C1]
+            b, m, k = idx.shape
+            h = group_relative(per_point, per_center, idx).view(b, m, k, -1)
             h = mlp.normalize(0, h)
             if len(mlp.linears) > 1:
                 h = mlp(h, start=1, pool_dim=2)

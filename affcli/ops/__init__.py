@@ -28,6 +28,8 @@ __all__ = [
     "column_moments",
     "farthest_point_sample",
     "gather_group",
+    "group_relative",
+    "moments_and_max",
     "three_interpolate",
     "three_nn",
 ]
@@ -177,3 +179,33 @@ def batch_norm_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     var = y.detach().var(0, unbiased=False)
     out = torch.nn.functional.batch_norm(y, None, None, weight, bias, True, 0.0, eps)
     return torch.relu(out), mean, var
+
+
+def moments_and_max(y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean [C], biased variance [C], max over each group of k consecutive rows [R/k, C]) of
+    y [R, C], differentiable; one pass forward and one backward on the CPU."""
+    if y.dim() != 2 or y.shape[0] % k:
+        raise ValueError(f"y must be [R, C] with R a multiple of k={k}, got {list(y.shape)}")
+    if backend_for(y) == "cpu":
+        from affcli.ops import cpu
+
+        return _ag.MomentsAndMax.apply(y, k, cpu)
+    mean = y.mean(0)
+    return mean, (y - mean).square().mean(0), y.view(-1, k, y.shape[1]).max(1).values
+
+
+def group_relative(rows: torch.Tensor, centers: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[B*M*k, C]: `rows[b, idx[b, m, j]] - centers[b, m]`, the grouped neighbourhoods
+    relative to their centres, flattened; differentiable in rows and centers."""
+    b, n, c = rows.shape
+    _, m, k = idx.shape
+    if centers.shape != (b, m, c):
+        raise ValueError(f"centers must be [B={b}, M={m}, C={c}], got {list(centers.shape)}")
+    flat = (idx + (torch.arange(b, device=idx.device) * n).view(b, 1, 1)).reshape(b * m, k)
+    if backend_for(rows) == "cpu":
+        from affcli.ops import cpu
+
+        return _ag.GroupRelative.apply(rows.reshape(b * n, c), centers.reshape(b * m, c), flat,
+                                       b, cpu)
+    picked = rows.reshape(b * n, c).index_select(0, flat.reshape(-1)).view(b * m, k, c)
+    return (picked - centers.reshape(b * m, 1, c)).reshape(b * m * k, c)

@@ -90,3 +90,45 @@ class BatchNormReLU(torch.autograd.Function):
         y, out, mean, invstd, weight = ctx.saved_tensors
         dy, dw, db = ctx.impl.batch_norm_relu_backward(grad, out, y, mean, invstd, weight)
         return dy, dw, db, None, None
+
+
+class MomentsAndMax(torch.autograd.Function):
+    """(mean, var, pooled) of y [G*k, C]: column moments and the max over each group of k
+    rows, forward in one pass and backward in one pass."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, k: int, impl: ModuleType
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, var, pooled, arg = impl.moments_and_max(y, k)
+        ctx.save_for_backward(y, mean, arg)
+        ctx.impl = impl
+        return mean, var, pooled
+
+    @staticmethod
+    def backward(ctx: Any, g_mean: torch.Tensor | None, g_var: torch.Tensor | None,
+                 g_pooled: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
+        y, mean, arg = ctx.saved_tensors
+        zeros_c = torch.zeros_like(mean)
+        dy = ctx.impl.moments_and_max_backward(
+            y, mean, arg, zeros_c if g_mean is None else g_mean,
+            zeros_c if g_var is None else g_var,
+            torch.zeros(arg.shape, dtype=y.dtype) if g_pooled is None else g_pooled)
+        return dy, None, None
+
+
+class GroupRelative(torch.autograd.Function):
+    """rows [B*N, C] gathered by flat indices [B*M, k] minus their centre rows [B*M, C]."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, centers: torch.Tensor, idx: torch.Tensor,
+                batches: int, impl: ModuleType) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.impl, ctx.n_rows, ctx.batches = impl, rows.shape[0], batches
+        return impl.group_relative(rows, centers, idx)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+        (idx,) = ctx.saved_tensors
+        g_rows, g_centers = ctx.impl.group_relative_backward(grad, idx, ctx.n_rows, ctx.batches)
+        return g_rows, g_centers, None, None, None

@@ -275,3 +275,124 @@ def batch_norm_relu_backward(g: torch.Tensor, out: torch.Tensor, y: torch.Tensor
                              a.to(y.dtype).numpy(), d.to(y.dtype).numpy(),
                              e.to(y.dtype).numpy(), _chunks())
     return torch.from_numpy(dy), sum_g_xhat.to(weight.dtype), sum_g.to(weight.dtype)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _moments_and_max(y: np.ndarray, k: int, chunks: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    # y [G*k, C]: column sums and sums of squares, and the max over each group of k rows
+    # (first row of the max on ties), in one read of y
+    rows, cols = y.shape
+    groups = rows // k
+    step = (groups + chunks - 1) // chunks
+    part = np.zeros((chunks, 2, cols), np.float64)
+    pooled = np.empty((groups, cols), y.dtype)
+    arg = np.empty((groups, cols), np.int32)
+    for t in numba.prange(chunks):
+        s = np.zeros(cols, np.float64)
+        q = np.zeros(cols, np.float64)
+        for g in range(t * step, min(groups, (t + 1) * step)):
+            base = g * k
+            for c in range(cols):
+                pooled[g, c] = y[base, c]
+                arg[g, c] = 0
+            for j in range(k):
+                for c in range(cols):
+                    v = y[base + j, c]
+                    s[c] += v
+                    q[c] += v * v
+                    if v > pooled[g, c]:
+                        pooled[g, c] = v
+                        arg[g, c] = j
+        part[t, 0] = s
+        part[t, 1] = q
+    return part.sum(0), pooled, arg
+
+
+@numba.njit(parallel=True, **_JIT)
+def _moments_and_max_backward(y: np.ndarray, arg: np.ndarray, gpool: np.ndarray, a: np.ndarray,
+                              bcoef: np.ndarray, chunks: int) -> np.ndarray:  # pragma: no cover
+    # dy = a + bcoef * y, plus the pooled gradient on each group's max row
+    rows, cols = y.shape
+    groups, _ = arg.shape
+    k = rows // groups
+    dy = np.empty_like(y)
+    step = (groups + chunks - 1) // chunks
+    for t in numba.prange(chunks):
+        for g in range(t * step, min(groups, (t + 1) * step)):
+            base = g * k
+            for j in range(k):
+                for c in range(cols):
+                    dy[base + j, c] = a[c] + bcoef[c] * y[base + j, c]
+            for c in range(cols):
+                dy[base + arg[g, c], c] += gpool[g, c]
+    return dy
+
+
+def moments_and_max(y: torch.Tensor, k: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean [C], biased var [C], max over groups of k rows [G, C], its row in the group)."""
+    sums, pooled, arg = _moments_and_max(y.detach().contiguous().numpy(), k, _chunks())
+    rows = y.shape[0]
+    mean = torch.from_numpy(sums[0] / rows)
+    var = (torch.from_numpy(sums[1] / rows) - mean.square()).clamp_min(0.0)
+    return mean.to(y.dtype), var.to(y.dtype), torch.from_numpy(pooled), torch.from_numpy(arg)
+
+
+def moments_and_max_backward(y: torch.Tensor, mean: torch.Tensor, arg: torch.Tensor,
+                             g_mean: torch.Tensor, g_var: torch.Tensor, g_pooled: torch.Tensor
+                             ) -> torch.Tensor:
+    rows = y.shape[0]
+    bcoef = 2.0 * g_var.double() / rows
+    a = g_mean.double() / rows - bcoef * mean.double()
+    return torch.from_numpy(_moments_and_max_backward(
+        y.detach().contiguous().numpy(), arg.numpy(), g_pooled.contiguous().numpy(),
+        a.to(y.dtype).numpy(), bcoef.to(y.dtype).numpy(), _chunks()))
+
+
+@numba.njit(parallel=True, **_JIT)
+def _group_relative(rows: np.ndarray, centers: np.ndarray, idx: np.ndarray
+                    ) -> np.ndarray:  # pragma: no cover
+    # out[g*k + j] = rows[idx[g, j]] - centers[g]
+    groups, k = idx.shape
+    cols = rows.shape[1]
+    out = np.empty((groups * k, cols), rows.dtype)
+    for g in numba.prange(groups):
+        for j in range(k):
+            r = idx[g, j]
+            for c in range(cols):
+                out[g * k + j, c] = rows[r, c] - centers[g, c]
+    return out
+
+
+@numba.njit(parallel=True, **_JIT)
+def _group_relative_backward(grad: np.ndarray, idx: np.ndarray, n_rows: int, batches: int
+                             ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    # Each batch's centres only index that batch's rows, so batches scatter without races.
+    groups, k = idx.shape
+    cols = grad.shape[1]
+    g_rows = np.zeros((n_rows, cols), grad.dtype)
+    g_centers = np.zeros((groups, cols), grad.dtype)
+    per = groups // batches
+    for b in numba.prange(batches):
+        for g in range(b * per, (b + 1) * per):
+            for j in range(k):
+                r = idx[g, j]
+                for c in range(cols):
+                    v = grad[g * k + j, c]
+                    g_rows[r, c] += v
+                    g_centers[g, c] -= v
+    return g_rows, g_centers
+
+
+def group_relative(rows: torch.Tensor, centers: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(_group_relative(rows.detach().contiguous().numpy(),
+                                            centers.detach().contiguous().numpy(),
+                                            idx.contiguous().numpy()))
+
+
+def group_relative_backward(grad: torch.Tensor, idx: torch.Tensor, n_rows: int, batches: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    g_rows, g_centers = _group_relative_backward(grad.contiguous().numpy(),
+                                                 idx.contiguous().numpy(), n_rows, batches)
+    return torch.from_numpy(g_rows), torch.from_numpy(g_centers)

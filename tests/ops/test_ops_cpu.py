@@ -175,3 +175,30 @@ def test_batch_norm_relu_matches_torch_and_gradcheck():
              torch.tensor([0.1, 0.3, -0.2], dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(lambda a, c, d: ops.batch_norm_relu(a, c, d, 1e-5)[0], small)
 
+
+
+def test_moments_and_max_and_gradcheck():
+    g = torch.Generator().manual_seed(12)
+    y = torch.randn(6 * 5, 4, generator=g, dtype=torch.float64)
+    y[7] = y[6]  # a tie inside a group: the first row of the max takes the gradient
+    mean, var, pooled = ops.moments_and_max(y, 6)
+    rv, rm = torch.var_mean(y, dim=0, correction=0)
+    torch.testing.assert_close(mean, rm)
+    torch.testing.assert_close(var, rv)
+    torch.testing.assert_close(pooled, y.view(5, 6, 4).amax(1))
+    z = torch.randn(4 * 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.moments_and_max(t, 4), (z,))
+    with pytest.raises(ValueError, match="multiple"):
+        ops.moments_and_max(torch.randn(10, 2), 3)
+
+
+def test_group_relative_and_gradcheck():
+    g = torch.Generator().manual_seed(13)
+    rows = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    centers = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 9, (2, 4, 5), generator=g)
+    out = ops.group_relative(rows, centers, idx)
+    expect = torch.stack([rows[b][idx[b]] - centers[b][:, None] for b in range(2)])
+    torch.testing.assert_close(out, expect.reshape(-1, 3))
+    r, c = rows.clone().requires_grad_(), centers.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: ops.group_relative(a, b, idx), (r, c))
