@@ -212,7 +212,8 @@ class SetAbstractionMSG(nn.Module):
             if features is not None and self.in_channels:
                 per_point = per_point + features @ w_feat.t()
             per_center = centers @ w_xyz.t()
-            if not self.training and not torch.is_grad_enabled():
+            # (on a GPU one large kernel per layer beats many cache-sized ones)
+            if not self.training and not torch.is_grad_enabled() and not xyz.is_cuda:
                 outs.append(_grouped_mlp_inference(mlp, per_point, per_center, idx))
                 continue
             # layer 1 without its bias (normalize() accounts for it), grouped

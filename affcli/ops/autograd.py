@@ -78,8 +78,11 @@ class BatchNormReLU(torch.autograd.Function):
         mean, var = impl.column_moments(y)
         invstd = torch.rsqrt(var + eps)
         scale = weight * invstd
-        out = impl.affine_relu(y, scale, bias - mean * scale)
-        ctx.save_for_backward(y, out, mean, invstd, weight)
+        shift = bias - mean * scale
+        out = impl.affine_relu(y, scale, shift)
+        # the output is not saved: backward recomputes the ReLU mask from y, reading one
+        # large array fewer in each of its passes
+        ctx.save_for_backward(y, scale, shift, mean, invstd, weight)
         ctx.impl = impl
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
@@ -87,8 +90,9 @@ class BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _gm: Any, _gv: Any
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
-        y, out, mean, invstd, weight = ctx.saved_tensors
-        dy, dw, db = ctx.impl.batch_norm_relu_backward(grad, out, y, mean, invstd, weight)
+        y, scale, shift, mean, invstd, weight = ctx.saved_tensors
+        dy, dw, db = ctx.impl.batch_norm_relu_backward(grad, y, scale, shift, mean, invstd,
+                                                       weight)
         return dy, dw, db, None, None
 
 

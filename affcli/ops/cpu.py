@@ -211,9 +211,10 @@ def _affine_relu(y: np.ndarray, scale: np.ndarray, shift: np.ndarray, chunks: in
 
 
 @numba.njit(parallel=True, **_JIT)
-def _masked_moments(g: np.ndarray, out: np.ndarray, y: np.ndarray, chunks: int
-                    ) -> np.ndarray:  # pragma: no cover
-    # per column: sum of g where out > 0, and sum of g * y there
+def _masked_moments(g: np.ndarray, y: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                    chunks: int) -> np.ndarray:  # pragma: no cover
+    # per column: sum of g where the ReLU was active (y * scale + shift > 0, recomputed
+    # rather than read back from the output), and sum of g * y there
     rows, cols = y.shape
     step = (rows + chunks - 1) // chunks
     part = np.zeros((chunks, 2, cols), np.float64)
@@ -222,26 +223,28 @@ def _masked_moments(g: np.ndarray, out: np.ndarray, y: np.ndarray, chunks: int
         sy = np.zeros(cols, np.float64)
         for i in range(t * step, min(rows, (t + 1) * step)):
             for j in range(cols):
-                if out[i, j] > 0:
+                v = y[i, j]
+                if v * scale[j] + shift[j] > 0:
                     s[j] += g[i, j]
-                    sy[j] += g[i, j] * y[i, j]
+                    sy[j] += g[i, j] * v
         part[t, 0] = s
         part[t, 1] = sy
     return part.sum(0)
 
 
 @numba.njit(parallel=True, **_JIT)
-def _bn_relu_input_grad(g: np.ndarray, out: np.ndarray, y: np.ndarray, a: np.ndarray,
-                        d: np.ndarray, e: np.ndarray, chunks: int) -> np.ndarray:
-    # pragma: no cover
+def _bn_relu_input_grad(g: np.ndarray, y: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                        a: np.ndarray, d: np.ndarray, e: np.ndarray, chunks: int
+                        ) -> np.ndarray:  # pragma: no cover
     rows, cols = y.shape
     dy = np.empty_like(y)
     step = (rows + chunks - 1) // chunks
     for t in numba.prange(chunks):
         for i in range(t * step, min(rows, (t + 1) * step)):
             for j in range(cols):
-                gz = g[i, j] if out[i, j] > 0 else 0.0
-                dy[i, j] = a[j] * gz + d[j] - e[j] * y[i, j]
+                v = y[i, j]
+                gz = g[i, j] if v * scale[j] + shift[j] > 0 else 0.0
+                dy[i, j] = a[j] * gz + d[j] - e[j] * v
     return dy
 
 
@@ -257,22 +260,24 @@ def affine_relu(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
     return torch.from_numpy(out)
 
 
-def batch_norm_relu_backward(g: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
-                             mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor
+def batch_norm_relu_backward(g: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
+                             shift: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                             weight: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (y, weight, bias) of out = relu(((y - mean) * invstd) * weight + bias) with
-    batch statistics, in two passes over the rows."""
+    """Gradients (y, weight, bias) of out = relu(y * scale + shift) where scale and shift are
+    BatchNorm's with batch statistics (mean, invstd), in two passes over g and y."""
     rows = y.shape[0]
-    m = _masked_moments(g.contiguous().numpy(), out.numpy(), y.numpy(), _chunks())
+    g_np, y_np = g.contiguous().numpy(), y.numpy()
+    sc, sh = scale.contiguous().numpy(), shift.contiguous().numpy()
+    m = _masked_moments(g_np, y_np, sc, sh, _chunks())
     sum_g = torch.from_numpy(m[0])
     # sum of g * xhat = invstd * (sum g*y - mean * sum g)
     sum_g_xhat = invstd.double() * (torch.from_numpy(m[1]) - mean.double() * sum_g)
-    a = (weight.double() * invstd.double())
+    a = weight.double() * invstd.double()
     c = a * sum_g_xhat / rows
     e = c * invstd.double()
     d = e * mean.double() - a * sum_g / rows
-    dy = _bn_relu_input_grad(g.contiguous().numpy(), out.numpy(), y.numpy(),
-                             a.to(y.dtype).numpy(), d.to(y.dtype).numpy(),
+    dy = _bn_relu_input_grad(g_np, y_np, sc, sh, a.to(y.dtype).numpy(), d.to(y.dtype).numpy(),
                              e.to(y.dtype).numpy(), _chunks())
     return torch.from_numpy(dy), sum_g_xhat.to(weight.dtype), sum_g.to(weight.dtype)
 
