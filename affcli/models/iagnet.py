@@ -1,0 +1,232 @@
+"""IAGNet (PIAD, ICCV 2023): grounding 3D affordance from an interaction image.
+
+Data flow (shapes for B clouds of N points, emb_dim C = 512, N_p = 64 coarse points):
+  image [B,3,224,224] -> ResNet18 to layer4 -> F_I [B,C,7,7]
+  boxes (scaled to the 7x7 map) -> object / subject features by roi_align to 4x4, scene =
+      F_I masked outside both boxes, roi_align'ed over its 6x6 extent to 4x4
+  points [B,N,3] -> PointNet++ encoder -> levels; the coarsest [B,N_p,C] meets the object
+      features in the joint region alignment (shared conv MLP to a common space, cross-
+      similarity softmax both ways, self-attention per modality, then jointly) -> F_j
+      [B,N_p+16,C]
+  affordance-revealed module: F_j attends to subject and scene features -> [B,N_p+16,C]
+  decoder: three feature propagations back to N points from the aligned point tokens, the
+      pooled affordance tokens gate them -> heatmap head; pooled point+image affordance
+      tokens -> 17-way affordance classifier; the image halves of F_j and of the affordance
+      tokens feed the KL loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from affcli.models import register
+from affcli.models.backbones import resnet18
+from affcli.models.base import AffordanceModel, AffordanceOutput
+from affcli.models.config import ModelConfig
+from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
+
+
+@dataclasses.dataclass
+class IAGNetConfig(ModelConfig):
+    model_type = "iagnet"
+    emb_dim: int = 512
+    proj_dim: int = 512
+    num_heads: int = 4
+    n_coarse: int = 64  # N_p
+    n_points: int = 2048  # N_raw
+    num_affordance: int = 17
+    image_size: int = 224
+    resnet18_weights: str | None = None  # a state-dict file; None = random init (warned)
+    fps_start: int | None = 0
+
+
+class SelfRelation(nn.Module):
+    """The reference's 'inherent relation': multi-head self-attention without an output
+    projection, scores scaled by the full width (not the head width), residual + LayerNorm."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
+        self.dim, self.heads = dim, heads
+        self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        attn = (q @ k.transpose(-2, -1) / self.dim**0.5).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.ln(out + x)
+
+
+class JointRegionAlignment(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.scale = dim**-0.5
+        self.to_common = nn.Sequential(
+            nn.Conv1d(dim, 2 * dim, 1), nn.BatchNorm1d(2 * dim), nn.ReLU(),
+            nn.Conv1d(2 * dim, dim, 1), nn.BatchNorm1d(dim), nn.ReLU(),
+        )
+        self.i_atten = SelfRelation(dim, heads)
+        self.p_atten = SelfRelation(dim, heads)
+        self.joint_atten = SelfRelation(dim, heads)
+
+    def forward(self, image_feats: torch.Tensor, point_feats: torch.Tensor) -> torch.Tensor:
+        """image_feats [B, C, N_i], point_feats [B, C, N_p] -> [B, N_p + N_i, C]."""
+        img = self.to_common(image_feats)
+        pts = self.to_common(point_feats)
+        phi = pts.transpose(1, 2) @ img * self.scale  # [B, N_p, N_i]
+        img_enh = pts @ phi.softmax(dim=1)  # each image region gathers points
+        pts_enh = img @ phi.softmax(dim=-1).transpose(1, 2)  # each point gathers regions
+        joint = torch.cat([self.p_atten(pts_enh.transpose(1, 2)),
+                           self.i_atten(img_enh.transpose(1, 2))], dim=1)
+        return self.joint_atten(joint)
+
+
+class AffordanceRevealed(nn.Module):
+    """Cross-attention of the joint tokens over subject and over scene features (one shared
+    LayerNorm), then a conv fusion of the two results."""
+
+    def __init__(self, dim: int, proj_dim: int) -> None:
+        super().__init__()
+        self.scale = proj_dim**-0.5
+        self.proj_q = nn.Linear(dim, proj_dim)
+        self.proj_sk, self.proj_sv = nn.Linear(dim, proj_dim), nn.Linear(dim, proj_dim)
+        self.proj_ek, self.proj_ev = nn.Linear(dim, proj_dim), nn.Linear(dim, proj_dim)
+        self.layernorm = nn.LayerNorm(dim)
+        self.fusion = nn.Sequential(nn.Conv1d(2 * dim, dim, 1), nn.BatchNorm1d(dim), nn.ReLU())
+
+    def forward(self, joint: torch.Tensor, subject: torch.Tensor, scene: torch.Tensor
+                ) -> torch.Tensor:
+        """joint [B, T, C], subject / scene [B, N_i, C] -> [B, T, C]."""
+        q = self.proj_q(joint)
+        att_s = (q @ self.proj_sk(subject).transpose(1, 2) * self.scale).softmax(-1)
+        att_e = (q @ self.proj_ek(scene).transpose(1, 2) * self.scale).softmax(-1)
+        theta_s = self.layernorm(joint + att_s @ self.proj_sv(subject))
+        theta_e = self.layernorm(joint + att_e @ self.proj_ev(scene))
+        fused = self.fusion(torch.cat([theta_s, theta_e], dim=-1).transpose(1, 2))
+        return fused.transpose(1, 2)
+
+
+class HeatmapHead(nn.Module):
+    """Linear -> BatchNorm over channels -> ReLU -> Linear(1), on [B, N, C]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim // 8)
+        self.norm = nn.BatchNorm1d(dim // 8)
+        self.fc2 = nn.Linear(dim // 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.fc1(x).transpose(1, 2)).transpose(1, 2).relu()
+        return self.fc2(h).squeeze(-1)
+
+
+class ImageEncoder(nn.Module):
+    """ResNet18 up to layer4 (stride 32): [B, 3, 224, 224] -> [B, 512, 7, 7]."""
+
+    def __init__(self, weights: str | Path | None) -> None:
+        super().__init__()
+        self.model = resnet18(weights)
+        del self.model.fc  # the classifier is never used
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(image))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scene mask (1 outside both boxes) and the roi_align boxes, as the reference builds
+    them on the feature map: rows/cols int(v + 0.5), and the object RoI's x2 + 0.5 quirk."""
+    b, _, h, w = feat.shape
+    mask = torch.ones(b, 1, h, w, dtype=feat.dtype, device=feat.device)
+    obj_rois, sub_rois = [], []
+    for i in range(b):
+        for box in (obj[i], subject[i]):
+            x1, y1, x2, y2 = (int(v + 0.5) for v in box.tolist())
+            mask[i, :, max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 0
+        ox1, oy1, ox2, oy2 = obj[i].tolist()
+        obj_rois.append([i, ox1, oy1, ox2 + 0.5, oy2])
+        sub_rois.append([i, *subject[i].tolist()])
+    as_t = lambda r: torch.tensor(r, dtype=feat.dtype, device=feat.device)  # noqa: E731
+    return mask, as_t(obj_rois), as_t(sub_rois)
+
+
+@register("iagnet", IAGNetConfig)
+class IAGNet(AffordanceModel):
+    config_class = IAGNetConfig
+
+    def __init__(self, config: IAGNetConfig) -> None:
+        super().__init__(config)
+        c = config.emb_dim
+        self.img_encoder = ImageEncoder(config.resnet18_weights)
+        self.point_encoder = PointNet2Encoder(EncoderConfig(
+            num_points=config.n_points, sa3_centers=config.n_coarse, fps_start=config.fps_start))
+        enc_c = self.point_encoder.out_channels  # (3, 320, 512, 512)
+        if enc_c[3] != c:
+            raise ValueError(f"emb_dim must equal the encoder's {enc_c[3]} channels")
+        self.jra = JointRegionAlignment(c, config.num_heads)
+        self.arm = AffordanceRevealed(c, config.proj_dim)
+        self.fp3 = FeaturePropagation(enc_c[2] + c, [768, 512])
+        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512])
+        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512])
+        self.out_head = HeatmapHead(c)
+        self.cls_head = nn.Sequential(
+            nn.Linear(2 * c, c // 2), nn.BatchNorm1d(c // 2), nn.ReLU(),
+            nn.Linear(c // 2, config.num_affordance), nn.BatchNorm1d(config.num_affordance),
+        )
+
+    def forward(self, points: torch.Tensor, image: torch.Tensor, subject_box: torch.Tensor,
+                object_box: torch.Tensor) -> AffordanceOutput:
+        """points [B, N, 3]; image [B, 3, S, S]; boxes [B, 4] (x1, y1, x2, y2 in image pixels;
+        never modified). Returns heatmap [B, N], affordance_logits [B, A] and, in extras,
+        the two [B, C, 16] maps the KL loss compares."""
+        b = points.shape[0]
+        if image.dim() != 4 or image.shape[0] != b or image.shape[1] != 3:
+            raise ValueError(f"image must be [B={b}, 3, H, W], got {list(image.shape)}")
+        for name, box in (("subject_box", subject_box), ("object_box", object_box)):
+            if tuple(box.shape) != (b, 4):
+                raise ValueError(f"{name} must be [B={b}, 4], got {list(box.shape)}")
+        feat = self.img_encoder(image)  # [B, C, h, w]
+        scale = feat.shape[2] / image.shape[2]
+        sub, obj = subject_box.float() * scale, object_box.float() * scale  # copies
+        scene_mask, obj_rois, sub_rois = _box_masks_and_rois(feat, sub, obj)
+        f_obj = roi_align(feat, obj_rois, output_size=(4, 4), sampling_ratio=4)
+        f_sub = roi_align(feat, sub_rois, output_size=(4, 4), sampling_ratio=4)
+        full = torch.tensor([[i, 0.0, 0.0, 6.0, 6.0] for i in range(b)], dtype=feat.dtype,
+                            device=feat.device)
+        f_scene = roi_align(feat * scene_mask, full, output_size=(4, 4))
+
+        levels = self.point_encoder(points)
+        (xyz0, p0), (xyz1, p1), (xyz2, p2), (xyz3, p3) = levels
+        c = self.config.emb_dim
+        joint = self.jra(f_obj.reshape(b, c, -1), p3.transpose(1, 2))  # [B, N_p + 16, C]
+        aff = self.arm(joint, f_sub.reshape(b, c, -1).transpose(1, 2),
+                       f_scene.reshape(b, c, -1).transpose(1, 2))
+        n_p = self.config.n_coarse
+        p_align, i_align = joint[:, :n_p], joint[:, n_p:]
+        f_pa, f_ia = aff[:, :n_p], aff[:, n_p:]
+
+        up = self.fp3(xyz2, xyz3, p2, p_align)
+        up = self.fp2(xyz1, xyz2, p1, up)
+        up = self.fp1(xyz0, xyz1, torch.cat([xyz0, p0], dim=-1), up)  # [B, N, C]
+        pa_pool, ia_pool = f_pa.mean(1), f_ia.mean(1)
+        logits = self.cls_head(torch.cat([pa_pool, ia_pool], dim=-1))
+        heatmap = torch.sigmoid(self.out_head(up * pa_pool.unsqueeze(1)))
+        return AffordanceOutput(
+            heatmap=heatmap, affordance_logits=logits,
+            extras={"image_affordance": f_ia.transpose(1, 2).contiguous(),
+                    "image_aligned": i_align.transpose(1, 2).contiguous()},
+        )

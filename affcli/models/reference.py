@@ -1,0 +1,74 @@
+"""Mapping official (reference) state dicts onto affcli's parameter names.
+
+The reference PointNet++ keeps each shared-MLP layer as a 1x1 Conv2d/Conv1d
+(`conv_blocks[i][j]`, `mlp_convs[j]`) with its BatchNorm (`bn_blocks[i][j]`, `mlp_bns[j]`);
+affcli keeps a Linear and a BatchNorm1d (`scales[i].linears[j]`, `mlp.linears[j]`). Weights
+are the same numbers with the trailing 1x1 kernel axes dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _pointnet_key(key: str) -> str | None:
+    """A reference PointNet++ key in affcli naming, or None if it is not one."""
+    m = re.fullmatch(r"(.*sa\d)\.conv_blocks\.(\d+)\.(\d+)\.(weight|bias)", key)
+    if m:
+        return f"{m[1]}.scales.{m[2]}.linears.{m[3]}.{m[4]}"
+    m = re.fullmatch(r"(.*sa\d)\.bn_blocks\.(\d+)\.(\d+)\.(\w+)", key)
+    if m and m[4] in _BN_FIELDS:
+        return f"{m[1]}.scales.{m[2]}.norms.{m[3]}.{m[4]}"
+    m = re.fullmatch(r"(.*fp\d)\.mlp_convs\.(\d+)\.(weight|bias)", key)
+    if m:
+        return f"{m[1]}.mlp.linears.{m[2]}.{m[3]}"
+    m = re.fullmatch(r"(.*fp\d)\.mlp_bns\.(\d+)\.(\w+)", key)
+    if m and m[3] in _BN_FIELDS:
+        return f"{m[1]}.mlp.norms.{m[2]}.{m[3]}"
+    return None
+
+
+_IAGNET_RULES = (
+    (r"^JRA\.", "jra."),
+    (r"^ARM\.cross_atten\.", "arm."),
+    (r"^ARM\.fusion\.", "arm.fusion."),
+    (r"^decoder\.out_head\.0\.", "out_head.fc1."),
+    (r"^decoder\.out_head\.2\.", "out_head.norm."),
+    (r"^decoder\.out_head\.5\.", "out_head.fc2."),
+    (r"^decoder\.cls_head\.", "cls_head."),
+    (r"^decoder\.(fp\d)\.", r"\1."),
+)
+
+
+def iagnet_key(key: str) -> str | None:
+    """The affcli IAGNet key for an official IAGNet key (None for keys we do not keep)."""
+    if key.startswith("img_encoder.model.fc."):
+        return None  # the ResNet classifier is never used
+    for pattern, repl in _IAGNET_RULES:
+        if re.match(pattern, key):
+            key = re.sub(pattern, repl, key)
+            break
+    return _pointnet_key(key) or key
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], key_fn: object
+                       ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(our state dict, the reference keys dropped on purpose). 1x1 kernels lose their
+    trailing axes; `module.` prefixes (DistributedDataParallel) are removed."""
+    out: dict[str, torch.Tensor] = {}
+    dropped = []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        new = key_fn(key)  # type: ignore[operator]
+        if new is None:
+            dropped.append(key)
+            continue
+        if value.dim() in (3, 4) and all(s == 1 for s in value.shape[2:]) and (
+                "linears" in new):
+            value = value.reshape(value.shape[0], value.shape[1])
+        out[new] = value
+    return out, dropped
