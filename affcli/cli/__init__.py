@@ -48,10 +48,11 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `affcli --version` stays cheap and modules stay independent.
-    from affcli.cli import bench, prepare, synth
+    from affcli.cli import bench, models, prepare, synth
 
     synth.register(app)
     prepare.register(app)
+    models.register(app)
     bench.register(app)
 
 

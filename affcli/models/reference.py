@@ -9,8 +9,12 @@ are the same numbers with the trailing 1x1 kernel axes dropped.
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import torch
+
+from affcli.errors import AffError
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -72,3 +76,55 @@ def convert_state_dict(state: dict[str, torch.Tensor], key_fn: object
             value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out, dropped
+
+
+KEY_MAPS = {"iagnet": iagnet_key}
+
+
+def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside an official checkpoint file, loaded with weights_only=True on
+    the CPU: a bare state dict, or the training scripts' {'model': ..., 'optimizer': ...,
+    'Epoch': ...} wrapper."""
+    path = Path(path)
+    if not path.is_file():
+        raise AffError(path, "checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise AffError(path, f"not a loadable checkpoint ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AffError(path, "expected a state dict (name -> tensor), or {'model': state dict}")
+    return obj
+
+
+def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overrides: Any
+                              ) -> torch.nn.Module:
+    """Our model `name` holding an official state dict's weights; every reference key must
+    map onto one of ours with the same shape, else AffError names the offenders."""
+    from affcli import models
+
+    name = name.lower()
+    if name not in KEY_MAPS:
+        raise AffError("MODEL", f"no official-checkpoint mapping for {name!r} yet "
+                       f"(available: {', '.join(sorted(KEY_MAPS))})")
+    converted, _ = convert_state_dict(state, KEY_MAPS[name])
+    model = models.build(name, **overrides)
+    own = model.state_dict()
+    unmapped = sorted(k for k in converted if k not in own)
+    wrong = sorted(k for k in converted if k in own and converted[k].shape != own[k].shape)
+    missing = sorted(k for k in own if k not in converted)
+    if unmapped or wrong or missing:
+        parts = []
+        for label, keys in (("keys with no counterpart", unmapped), ("shape mismatches", wrong),
+                            ("our keys the checkpoint lacks", missing)):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:6])}"
+                             + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else ""))
+        raise AffError("checkpoint", "does not match " + name + "; " + "; ".join(parts))
+    model.load_state_dict(converted, strict=True)
+    return model

@@ -30,3 +30,70 @@ def test_iagnet_reference_keys_all_map():
            if v.shape != own[k].shape}
     assert not bad
     model.load_state_dict(ours_state, strict=True)
+
+
+def _fake_official(seed=0):
+    """An official-style checkpoint: the recorded key names and shapes, random values."""
+    doc = json.loads((FIXTURES / "iagnet_reference_keys.json").read_text())
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, shape in doc["keys"].items():
+        if k.endswith("num_batches_tracked"):
+            state[k] = torch.tensor(7)
+        elif k.endswith("running_var"):
+            state[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            state[k] = torch.randn(shape, generator=g) * 0.05
+    return state
+
+
+def test_import_checkpoint_cli(tmp_path, run_cli):
+    state = _fake_official()
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "optimizer": {},
+                "Epoch": 3}, ckpt)
+    code, out, err = run_cli("import-checkpoint", "iagnet", ckpt, "--out", tmp_path / "m",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["tensors"] == len(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = models.from_pretrained(tmp_path / "m")
+    sd = model.state_dict()
+    torch.testing.assert_close(sd["point_encoder.sa2.scales.1.linears.2.weight"],
+                               state["point_encoder.sa2.conv_blocks.1.2.weight"][:, :, 0, 0])
+    torch.testing.assert_close(sd["fp1.mlp.norms.1.running_var"],
+                               state["decoder.fp1.mlp_bns.1.running_var"])
+    torch.testing.assert_close(sd["out_head.fc2.weight"], state["decoder.out_head.5.weight"])
+    torch.testing.assert_close(sd["arm.proj_sk.bias"], state["ARM.cross_atten.proj_sk.bias"])
+    # refuses to overwrite
+    code, _, err = run_cli("import-checkpoint", "iagnet", ckpt, "--out", tmp_path / "m")
+    assert code == 2 and "--force" in err
+
+
+def test_import_checkpoint_errors(tmp_path, run_cli):
+    state = _fake_official()
+    del state["JRA.i_atten.query.weight"]
+    state["decoder.extra.weight"] = torch.zeros(2)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    code, _, err = run_cli("import-checkpoint", "iagnet", bad, "--out", tmp_path / "o")
+    assert code == 2
+    assert "decoder.extra.weight" in err and "jra.i_atten.query.weight" in err
+    assert not (tmp_path / "o").exists()
+    code, _, err = run_cli("import-checkpoint", "iagnet", tmp_path / "nope.pt", "--out",
+                           tmp_path / "o")
+    assert code == 2 and "not found" in err
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": Evil()}))
+    code, _, err = run_cli("import-checkpoint", "iagnet", evil, "--out", tmp_path / "o")
+    assert code == 2 and "not a loadable checkpoint" in err
+    code, _, err = run_cli("import-checkpoint", "nosuch", bad, "--out", tmp_path / "o")
+    assert code == 2
