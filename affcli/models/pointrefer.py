@@ -1,0 +1,145 @@
+"""PointRefer (Li et al., "LASO: Language-guided Affordance Segmentation on 3D Object",
+CVPR 2024): question-conditioned per-point affordance heatmaps.
+
+A text encoder embeds the question (padded to `text_tokens` tokens), a PointNet++ MSG encoder
+embeds the cloud; one shared adaptive fusion block (text tokens group, mix and scatter back
+the point features) runs after the last set abstraction and after the two coarser feature
+propagations; a one-layer transformer decoder turns the text tokens into queries over the
+full-resolution point features, and the heatmap is the sigmoid of the mean over valid
+tokens of the query-point dot products.
+
+The function is the reference's (`model/PointRefer.py` of the LASO repository); parameter
+names follow it where our modules allow (see `affcli.nn.attention` / `affcli.nn.fusion`):
+the reference's `gpb` is `fusion` here, its PointNet++ convolutions are the Linear layers
+of `affcli.nn.pointnet2`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from affcli.models import register
+from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model
+from affcli.models.base import AffordanceModel, AffordanceOutput
+from affcli.models.config import ModelConfig
+from affcli.nn.attention import TransformerDecoder, TransformerDecoderLayer
+from affcli.nn.fusion import AdaptiveFusionBlock
+from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
+
+POINT_DIM = 512  # width of the sa3 / fp3 / fp2 / fp1 features (fixed by the reference)
+
+
+@dataclass
+class PointReferConfig(ModelConfig):
+    """PointRefer's hyper-parameters (the reference's defaults; its paper uses roberta-base
+    as the text encoder, the offline default here is the packaged MiniLM)."""
+
+    model_type = "pointrefer"
+
+    emb_dim: int = 512
+    proj_dim: int = 512  # kept for parity with the reference's signature; unused there too
+    num_heads: int = 4
+    n_points: int = 2048  # N_raw, the cloud size the model is trained on
+    n_p: int = 64  # N_p, centres of the last set abstraction
+    num_affordance: int = 18  # unused by the forward (the reference's class head is disabled)
+    text_tokens: int = 40  # n_groups: questions are padded / truncated to this many tokens
+    text_encoder: str = DEFAULT_TEXT_MODEL
+    freeze_text_encoder: bool = False
+    fps_start: int | None = 0  # first FPS index; None draws it at random like the reference
+    extra_channels: int = 0  # per-point input channels after xyz (3 with normals)
+
+
+@register("pointrefer", PointReferConfig)
+class PointRefer(AffordanceModel):
+    """forward(points [B, N, 3 + extra], questions: list of B str) -> AffordanceOutput with
+    heatmap [B, N] in [0, 1] and extras["logits"] [B, N] (before the sigmoid)."""
+
+    config_class = PointReferConfig
+
+    def __init__(self, config: PointReferConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        if cfg.emb_dim != POINT_DIM:
+            # the fusion block adds text tokens to point features and the decoder's memory is
+            # fp1's 512-channel output, so the reference only works with emb_dim = 512
+            raise ValueError(f"PointRefer needs emb_dim == {POINT_DIM}, got {cfg.emb_dim}")
+        self.text_encoder, self.tokenizer = load_text_model(cfg.text_encoder)
+        if cfg.freeze_text_encoder:
+            self.text_encoder.requires_grad_(False)
+        hidden = self.text_encoder.config.hidden_size
+        self.text_resizer = nn.Sequential(nn.Linear(hidden, cfg.emb_dim),
+                                          nn.LayerNorm(cfg.emb_dim, eps=1e-12))
+
+        self.point_encoder = PointNet2Encoder(EncoderConfig(
+            num_points=cfg.n_points, extra_channels=cfg.extra_channels, sa3_centers=cfg.n_p,
+            fps_start=cfg.fps_start))
+        c0, c1, c2, c3 = self.point_encoder.out_channels
+
+        self.pos1d = nn.Parameter(torch.zeros(1, cfg.text_tokens, cfg.emb_dim))
+        nn.init.trunc_normal_(self.pos1d, std=0.2)
+        self.fusion = AdaptiveFusionBlock(POINT_DIM, cfg.text_tokens, text_dim=cfg.emb_dim)
+        self.decoder = TransformerDecoder(
+            [TransformerDecoderLayer(cfg.emb_dim, cfg.num_heads, dropout=0.0)],
+            norm=nn.LayerNorm(cfg.emb_dim))
+
+        self.fp3 = FeaturePropagation(c2 + POINT_DIM, [768, 512])  # 512 + emb_dim
+        self.fp2 = FeaturePropagation(c1 + 512, [768, 512])  # 832
+        self.fp1 = FeaturePropagation(3 + c0 + 512, [512, 512])  # 518 + extra channels
+        # The reference also builds `out_head` (Linear-BN-ReLU-Linear) but never calls it in
+        # forward. It is left out: it has no effect on the output, would receive no gradient,
+        # and a checkpoint converter simply drops the `out_head.*` keys.
+
+    # ------------------------------------------------------------------ parameter groups
+
+    def text_encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The text encoder's parameters (its own learning rate; frozen ones included, they
+        have requires_grad False)."""
+        return self.text_encoder.parameters()
+
+    def other_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter outside the text encoder."""
+        own = {id(p) for p in self.text_encoder.parameters()}
+        return (p for p in self.parameters() if id(p) not in own)
+
+    # ------------------------------------------------------------------ forward
+
+    def encode_text(self, questions: Sequence[str], device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [B, T, emb_dim], attention mask [B, T] bool, True = real token)."""
+        batch = self.tokenizer(list(questions), padding="max_length", truncation=True,
+                               max_length=self.config.text_tokens, return_tensors="pt")
+        batch = batch.to(device)
+        frozen = self.config.freeze_text_encoder
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            hidden = self.text_encoder(**batch).last_hidden_state
+        return self.text_resizer(hidden), batch["attention_mask"].bool()
+
+    def forward(self, points: torch.Tensor, questions: Sequence[str]) -> AffordanceOutput:
+        if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
+            raise ValueError("questions must be a list of strings, one per cloud")
+        if points.dim() != 3:
+            raise ValueError(f"points must have shape [B, N, C], got {list(points.shape)}")
+        if len(questions) != points.shape[0]:
+            raise ValueError(f"{points.shape[0]} point clouds but {len(questions)} questions")
+
+        tokens, valid = self.encode_text(questions, points.device)
+        (xyz0, f0), (xyz1, f1), (xyz2, f2), (xyz3, f3) = self.point_encoder(points)
+
+        f3 = self.fusion(tokens, f3)
+        up = self.fp3(xyz2, xyz3, f2, f3)
+        up = self.fusion(tokens, up)
+        up = self.fp2(xyz1, xyz2, f1, up)
+        up = self.fusion(tokens, up)
+        up = self.fp1(xyz0, xyz1, torch.cat([xyz0, f0], dim=-1), up)  # [B, N, 512]
+
+        # the reference's attention takes True = valid and inverts it; ours True = padding
+        queries = self.decoder(tokens, up, tgt_key_padding_mask=~valid, query_pos=self.pos1d)
+        queries = queries * valid.unsqueeze(-1).to(queries.dtype)
+        scores = torch.einsum("blc,bnc->bln", queries, up)
+        logits = scores.sum(1) / valid.sum(1, keepdim=True).to(scores.dtype)
+        return AffordanceOutput(heatmap=torch.sigmoid(logits), extras={"logits": logits})
