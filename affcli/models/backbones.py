@@ -46,7 +46,9 @@ def load_text_model(name_or_path: str | None) -> tuple[nn.Module, Any]:
         raise AffError(source, "is a file; a text model is a directory (config.json, weights, "
                        "tokenizer files) or a cached Hugging Face name")
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # no progress bars or download hints on our terminal
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(source, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
@@ -57,6 +59,8 @@ def load_text_model(name_or_path: str | None) -> tuple[nn.Module, Any]:
                        f"{hint}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 
