@@ -11,10 +11,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from affcli.errors import AffError
+from affcli.models.config import load_state_dict_file
 
 DEFAULT_TEXT_MODEL = "packaged:all-MiniLM-L6-v2"
 
@@ -76,18 +76,7 @@ def resnet18(weights: str | Path | None = None) -> nn.Module:
                       stacklevel=2)
         return net
     path = Path(weights)
-    if not path.is_file():
-        raise AffError(path, "ResNet18 weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise AffError(path, f"not a loadable weights file ({type(exc).__name__}: {exc})"
-                       ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise AffError(path, "expected a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = load_state_dict_file(path, "ResNet18 weights file")
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]  # the classifier is not used
     if missing or unexpected:

@@ -120,3 +120,24 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
                 parts.append(f"{label}: {', '.join(keys[:5])}{more}")
         raise AffError(source, "weights do not fit the model; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def load_state_dict_file(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A state dict from a torch file, loaded with weights_only=True on the CPU (nothing in
+    the file can run code): bare, or wrapped as {'model': ...} (the reference training
+    scripts) or {'state_dict': ...}; DistributedDataParallel's `module.` prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise AffError(path, f"{what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise AffError(path, f"not a loadable {what} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AffError(path, "expected a state dict (name -> tensor), or {'model': state dict}")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}

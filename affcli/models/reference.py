@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from affcli.errors import AffError
+from affcli.models.config import load_state_dict_file
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -82,24 +83,8 @@ KEY_MAPS = {"iagnet": iagnet_key}
 
 
 def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside an official checkpoint file, loaded with weights_only=True on
-    the CPU: a bare state dict, or the training scripts' {'model': ..., 'optimizer': ...,
-    'Epoch': ...} wrapper."""
-    path = Path(path)
-    if not path.is_file():
-        raise AffError(path, "checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise AffError(path, f"not a loadable checkpoint ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0]})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise AffError(path, "expected a state dict (name -> tensor), or {'model': state dict}")
-    return obj
+    """The state dict inside an official checkpoint file (see `load_state_dict_file`)."""
+    return load_state_dict_file(path, "checkpoint")
 
 
 def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overrides: Any

@@ -132,7 +132,7 @@ def test_resnet18_weights(tmp_path):
         resnet18(tmp_path / "missing.pth")
     bad = tmp_path / "evil.pth"
     bad.write_bytes(pickle.dumps(_Evil()))
-    with pytest.raises(AffError, match="not a loadable weights file"):
+    with pytest.raises(AffError, match="not a loadable ResNet18 weights file"):
         resnet18(bad)
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, other)
