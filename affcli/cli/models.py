@@ -21,6 +21,9 @@ def import_checkpoint_cmd(
     out: Annotated[Path, typer.Option(help="Directory to write (config.json + "
                                            "model.safetensors).")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty OUT.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Config override KEY=VALUE (repeatable; VALUE is JSON or a string), "
+        "e.g. --set language_model=/models/llava-v1.6-vicuna-7b.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -32,12 +35,13 @@ def import_checkpoint_cmd(
     if out.exists() and any(out.iterdir()) and not force:
         raise AffError(out, "exists and is not empty; pass --force to overwrite")
     rep = reporter(json_out, quiet)
+    overrides = parse_overrides(set_ or [])
     state = load_reference_checkpoint(file)
     with warnings.catch_warnings():
         # the image backbone's random init is overwritten by the checkpoint at once
         warnings.simplefilter("ignore", UserWarning)
         try:
-            net = from_reference_state_dict(model, state)
+            net = from_reference_state_dict(model, state, **overrides)
         except AffError as exc:
             raise AffError(file, exc.reason) from None
     net.save_pretrained(out)
@@ -46,3 +50,19 @@ def import_checkpoint_cmd(
               [(str(file), len(state), f"{n:,}", str(out))])
     rep.result({"model": model, "checkpoint": str(file), "tensors": len(state),
                 "parameters": n, "out": str(out)})
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; VALUE parsed as JSON when it is JSON (numbers, true, null, lists)."""
+    import json
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise AffError("--set", f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

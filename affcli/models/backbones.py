@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from affcli.errors import AffError
@@ -83,3 +84,17 @@ def resnet18(weights: str | Path | None = None) -> nn.Module:
         raise AffError(path, f"not ResNet18 weights (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]})")
     return net
+
+
+class ImageEncoder(nn.Module):
+    """ResNet18 up to layer4 (stride 32): [B, 3, 224, 224] -> [B, 512, 7, 7]."""
+
+    def __init__(self, weights: str | Path | None) -> None:
+        super().__init__()
+        self.model = resnet18(weights)
+        del self.model.fc  # the classifier is never used
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(image))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))

@@ -18,16 +18,16 @@ Data flow (shapes for B clouds of N points, emb_dim C = 512, N_p = 64 coarse poi
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.ops import roi_align
 
 from affcli.models import register
-from affcli.models.backbones import resnet18
+from affcli.models.backbones import ImageEncoder
 from affcli.models.base import AffordanceModel, AffordanceOutput
 from affcli.models.config import ModelConfig
+from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
 from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
 
 
@@ -45,79 +45,6 @@ class IAGNetConfig(ModelConfig):
     fps_start: int | None = 0
 
 
-class SelfRelation(nn.Module):
-    """The reference's 'inherent relation': multi-head self-attention without an output
-    projection, scores scaled by the full width (not the head width), residual + LayerNorm."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
-        self.dim, self.heads = dim, heads
-        self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
-        self.ln = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
-
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        attn = (q @ k.transpose(-2, -1) / self.dim**0.5).softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        return self.ln(out + x)
-
-
-class JointRegionAlignment(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.scale = dim**-0.5
-        self.to_common = nn.Sequential(
-            nn.Conv1d(dim, 2 * dim, 1), nn.BatchNorm1d(2 * dim), nn.ReLU(),
-            nn.Conv1d(2 * dim, dim, 1), nn.BatchNorm1d(dim), nn.ReLU(),
-        )
-        self.i_atten = SelfRelation(dim, heads)
-        self.p_atten = SelfRelation(dim, heads)
-        self.joint_atten = SelfRelation(dim, heads)
-
-    def forward(self, image_feats: torch.Tensor, point_feats: torch.Tensor) -> torch.Tensor:
-        """image_feats [B, C, N_i], point_feats [B, C, N_p] -> [B, N_p + N_i, C]."""
-        img = self.to_common(image_feats)
-        pts = self.to_common(point_feats)
-        phi = pts.transpose(1, 2) @ img * self.scale  # [B, N_p, N_i]
-        img_enh = pts @ phi.softmax(dim=1)  # each image region gathers points
-        pts_enh = img @ phi.softmax(dim=-1).transpose(1, 2)  # each point gathers regions
-        joint = torch.cat([self.p_atten(pts_enh.transpose(1, 2)),
-                           self.i_atten(img_enh.transpose(1, 2))], dim=1)
-        return self.joint_atten(joint)
-
-
-class AffordanceRevealed(nn.Module):
-    """Cross-attention of the joint tokens over subject and over scene features (one shared
-    LayerNorm), then a conv fusion of the two results."""
-
-    def __init__(self, dim: int, proj_dim: int) -> None:
-        super().__init__()
-        self.scale = proj_dim**-0.5
-        self.proj_q = nn.Linear(dim, proj_dim)
-        self.proj_sk, self.proj_sv = nn.Linear(dim, proj_dim), nn.Linear(dim, proj_dim)
-        self.proj_ek, self.proj_ev = nn.Linear(dim, proj_dim), nn.Linear(dim, proj_dim)
-        self.layernorm = nn.LayerNorm(dim)
-        self.fusion = nn.Sequential(nn.Conv1d(2 * dim, dim, 1), nn.BatchNorm1d(dim), nn.ReLU())
-
-    def forward(self, joint: torch.Tensor, subject: torch.Tensor, scene: torch.Tensor
-                ) -> torch.Tensor:
-        """joint [B, T, C], subject / scene [B, N_i, C] -> [B, T, C]."""
-        q = self.proj_q(joint)
-        att_s = (q @ self.proj_sk(subject).transpose(1, 2) * self.scale).softmax(-1)
-        att_e = (q @ self.proj_ek(scene).transpose(1, 2) * self.scale).softmax(-1)
-        theta_s = self.layernorm(joint + att_s @ self.proj_sv(subject))
-        theta_e = self.layernorm(joint + att_e @ self.proj_ev(scene))
-        fused = self.fusion(torch.cat([theta_s, theta_e], dim=-1).transpose(1, 2))
-        return fused.transpose(1, 2)
-
-
 class HeatmapHead(nn.Module):
     """Linear -> BatchNorm over channels -> ReLU -> Linear(1), on [B, N, C]."""
 
@@ -130,20 +57,6 @@ class HeatmapHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(self.fc1(x).transpose(1, 2)).transpose(1, 2).relu()
         return self.fc2(h).squeeze(-1)
-
-
-class ImageEncoder(nn.Module):
-    """ResNet18 up to layer4 (stride 32): [B, 3, 224, 224] -> [B, 512, 7, 7]."""
-
-    def __init__(self, weights: str | Path | None) -> None:
-        super().__init__()
-        self.model = resnet18(weights)
-        del self.model.fc  # the classifier is never used
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m.maxpool(m.relu(m.bn1(m.conv1(image))))
-        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
 
 
 def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Tensor

@@ -79,7 +79,34 @@ def convert_state_dict(state: dict[str, torch.Tensor], key_fn: object
     return out, dropped
 
 
-KEY_MAPS = {"iagnet": iagnet_key}
+_LMAFFORDANCE3D_RULES = (
+    (r"^fusion\.mlp\.", "fusion.to_common."),
+    (r"^fusion\.img_attention\.", "fusion.i_atten."),
+    (r"^fusion\.point_attention\.", "fusion.p_atten."),
+    (r"^fusion\.joint_attention\.", "fusion.joint_atten."),
+    (r"^affordance_decoder\.cross_atten\.", "affordance_decoder."),
+    (r"^head\.out_head\.0\.", "out_head.fc1."),
+    (r"^head\.out_head\.1\.", "out_head.norm."),
+    (r"^head\.out_head\.3\.", "out_head.fc2."),
+    (r"^head\.(fp\d)\.", r"\1."),
+    (r"^llm_model\.", "language_model."),
+)
+
+
+def lmaffordance3d_key(key: str) -> str | None:
+    """The affcli LMAffordance3D key for an official one (None for keys we do not keep).
+    The language model's own keys map by prefix; they fit only when `language_model` names
+    the same model the checkpoint was trained with."""
+    if key.startswith("img_encoder.model.fc."):
+        return None
+    for pattern, repl in _LMAFFORDANCE3D_RULES:
+        if re.match(pattern, key):
+            key = re.sub(pattern, repl, key)
+            break
+    return _pointnet_key(key) or key
+
+
+KEY_MAPS = {"iagnet": iagnet_key, "lmaffordance3d": lmaffordance3d_key}
 
 
 def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

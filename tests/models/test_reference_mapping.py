@@ -97,3 +97,38 @@ def test_import_checkpoint_errors(tmp_path, run_cli):
     assert code == 2 and "not a loadable checkpoint" in err
     code, _, err = run_cli("import-checkpoint", "nosuch", bad, "--out", tmp_path / "o")
     assert code == 2
+    code, _, err = run_cli("import-checkpoint", "iagnet", bad, "--out", tmp_path / "o",
+                           "--set", "novalue")
+    assert code == 2 and "--set" in err and "KEY=VALUE" in err
+    code, _, err = run_cli("import-checkpoint", "iagnet", bad, "--out", tmp_path / "o",
+                           "--set", "depth=3")
+    assert code == 2 and "unknown iagnet config field" in err
+
+
+def test_lmaffordance3d_reference_keys_all_map():
+    from affcli.models.reference import from_reference_state_dict, lmaffordance3d_key
+
+    doc = json.loads((FIXTURES / "lmaffordance3d_reference_keys.json").read_text())
+    g = torch.Generator().manual_seed(3)
+    state = {k: (torch.rand(s, generator=g) + 0.5) if k.endswith("running_var") else
+             torch.randn(s, generator=g) for k, s in doc["keys"].items()
+             if not k.endswith("num_batches_tracked")}
+    state.update({k: torch.tensor(1) for k in doc["keys"] if k.endswith("num_batches_tracked")})
+    ours_state, dropped = convert_state_dict(state, lmaffordance3d_key)
+    assert dropped == ["img_encoder.model.fc.weight", "img_encoder.model.fc.bias"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = models.build("lmaffordance3d")
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("language_model.")}
+    assert set(ours_state) == set(own)
+    assert all(ours_state[k].shape == own[k].shape for k in own)
+    # a checkpoint trained with the same language model carries its weights under llm_model.
+    full = {**state, **{f"llm_model.{k.removeprefix('language_model.')}": v
+                        for k, v in model.state_dict().items() if k.startswith("language_model.")}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        imported = from_reference_state_dict("lmaffordance3d", full)
+    torch.testing.assert_close(imported.state_dict()["fusion.i_atten.query.weight"],
+                               state["fusion.img_attention.query.weight"])
+    torch.testing.assert_close(imported.state_dict()["out_head.norm.running_var"],
+                               state["head.out_head.1.running_var"])
