@@ -69,3 +69,11 @@ def from_pretrained(directory: str | Path, **overrides: Any) -> torch.nn.Module:
     model = model_cls(config)
     load_state(model, load_weights(directory), Path(directory) / "model.safetensors")
     return model
+
+
+def from_reference_state_dict(name: str, state_dict: dict[str, torch.Tensor], **overrides: Any
+                              ) -> torch.nn.Module:
+    """Our model `name` holding an official checkpoint's weights (see models.reference)."""
+    from affcli.models.reference import from_reference_state_dict as convert
+
+    return convert(name, state_dict, **overrides)

@@ -106,7 +106,20 @@ def lmaffordance3d_key(key: str) -> str | None:
     return _pointnet_key(key) or key
 
 
-KEY_MAPS = {"iagnet": iagnet_key, "lmaffordance3d": lmaffordance3d_key}
+def pointrefer_key(key: str) -> str | None:
+    """The affcli PointRefer key for an official one: the fusion block is `gpb` there, and
+    the reference's never-called `out_head` has no counterpart (dropped). The text encoder's
+    keys map by prefix; they fit only when `text_encoder` names the same model
+    (roberta-base for the released checkpoints)."""
+    if key.startswith("out_head."):
+        return None
+    if key.startswith("gpb."):
+        key = "fusion." + key.removeprefix("gpb.")
+    return _pointnet_key(key) or key
+
+
+KEY_MAPS = {"iagnet": iagnet_key, "lmaffordance3d": lmaffordance3d_key,
+            "pointrefer": pointrefer_key}
 
 
 def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

@@ -106,7 +106,8 @@ def test_import_checkpoint_errors(tmp_path, run_cli):
 
 
 def test_lmaffordance3d_reference_keys_all_map():
-    from affcli.models.reference import from_reference_state_dict, lmaffordance3d_key
+    from affcli.models import from_reference_state_dict
+    from affcli.models.reference import lmaffordance3d_key
 
     doc = json.loads((FIXTURES / "lmaffordance3d_reference_keys.json").read_text())
     g = torch.Generator().manual_seed(3)
@@ -132,3 +133,32 @@ def test_lmaffordance3d_reference_keys_all_map():
                                state["fusion.img_attention.query.weight"])
     torch.testing.assert_close(imported.state_dict()["out_head.norm.running_var"],
                                state["head.out_head.1.running_var"])
+
+
+def test_pointrefer_reference_keys_all_map():
+    from affcli.models.reference import from_reference_state_dict, pointrefer_key
+
+    doc = json.loads((FIXTURES / "pointrefer_reference_keys.json").read_text())
+    model = models.build("pointrefer")
+    own = model.state_dict()
+    hidden = model.text_encoder.config.hidden_size  # 384 for the packaged MiniLM
+    state = {}
+    for k, shape in doc["keys"].items():
+        if k == "text_resizer.0.weight":
+            assert shape == [512, 768]  # official checkpoints: roberta-base's 768
+            shape = [512, hidden]  # ... and the same layer fed by our text model
+        state[k] = (torch.rand(shape) + 0.5 if k.endswith("running_var") else
+                    torch.tensor(1) if k.endswith("num_batches_tracked") else torch.randn(shape))
+    mapped, dropped = convert_state_dict(state, pointrefer_key)
+    assert sorted(dropped) == sorted(k for k in doc["keys"] if k.startswith("out_head."))
+    non_text = {k for k in own if not k.startswith("text_encoder.")}
+    assert set(mapped) == non_text
+    assert all(mapped[k].shape == own[k].shape for k in non_text)
+    full = {**state, **{k: v for k, v in own.items() if k.startswith("text_encoder.")}}
+    imported = from_reference_state_dict("pointrefer", full)
+    sd = imported.state_dict()
+    torch.testing.assert_close(sd["fusion.group_layer.attn.q_lin.weight"],
+                               state["gpb.group_layer.attn.q_lin.weight"])
+    torch.testing.assert_close(sd["pos1d"], state["pos1d"])
+    torch.testing.assert_close(sd["point_encoder.sa3.scales.1.norms.2.bias"],
+                               state["point_encoder.sa3.bn_blocks.1.2.bias"])
