@@ -123,3 +123,10 @@ def test_bench_ops_runs(run_cli):
         assert r["cpu_ms"] > 0 and r["reference_ms"] > 0
     code, _, err = run_cli("bench", "ops", "--points", "100")
     assert code == 2 and "--points" in err
+
+
+def test_bench_metrics_runs(run_cli):
+    code, out, err = run_cli("bench", "metrics", "--samples", "30", "--points", "200", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["max_abs_difference"] < 1e-6 and doc["ours_s"] > 0 and doc["reference_s"] > 0
