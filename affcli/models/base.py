@@ -44,3 +44,33 @@ class AffordanceModel(nn.Module):
         if not isinstance(model, cls):
             raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+class ImagePointModel(AffordanceModel):
+    """The branch IAGNet and LMAffordance3D share: ResNet18 trunk, PointNet++ encoder, and the
+    three feature propagations back to every point. Parameter names (img_encoder,
+    point_encoder, fp3, fp2, fp1) are the ones the official-checkpoint mappings target."""
+
+    def build_image_point_branch(self, emb_dim: int, n_points: int, n_coarse: int,
+                                 fps_start: int | None, resnet18_weights: str | None) -> None:
+        from affcli.models.backbones import ImageEncoder
+        from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
+
+        self.img_encoder = ImageEncoder(resnet18_weights)
+        self.point_encoder = PointNet2Encoder(EncoderConfig(
+            num_points=n_points, sa3_centers=n_coarse, fps_start=fps_start))
+        enc_c = self.point_encoder.out_channels  # (3, 320, 512, 512)
+        if enc_c[3] != emb_dim:
+            raise ValueError(f"emb_dim must equal the encoder's {enc_c[3]} channels")
+        self.fp3 = FeaturePropagation(enc_c[2] + emb_dim, [768, 512])
+        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512])
+        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512])
+
+    def upsample(self, levels: list[tuple[torch.Tensor, torch.Tensor]],
+                 coarse: torch.Tensor) -> torch.Tensor:
+        """Coarse point tokens [B, N_p, C] back to every input point [B, N, 512], with the
+        encoder's skip features (the input xyz concatenated at full resolution)."""
+        (xyz0, p0), (xyz1, p1), (xyz2, p2), (xyz3, _) = levels
+        up = self.fp3(xyz2, xyz3, p2, coarse)
+        up = self.fp2(xyz1, xyz2, p1, up)
+        return self.fp1(xyz0, xyz1, torch.cat([xyz0, p0], dim=-1), up)

@@ -24,11 +24,9 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from affcli.models import register
-from affcli.models.backbones import ImageEncoder
-from affcli.models.base import AffordanceModel, AffordanceOutput
+from affcli.models.base import AffordanceOutput, ImagePointModel
 from affcli.models.config import ModelConfig
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
-from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
 
 
 @dataclasses.dataclass
@@ -78,23 +76,16 @@ def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Te
 
 
 @register("iagnet", IAGNetConfig)
-class IAGNet(AffordanceModel):
+class IAGNet(ImagePointModel):
     config_class = IAGNetConfig
 
     def __init__(self, config: IAGNetConfig) -> None:
         super().__init__(config)
         c = config.emb_dim
-        self.img_encoder = ImageEncoder(config.resnet18_weights)
-        self.point_encoder = PointNet2Encoder(EncoderConfig(
-            num_points=config.n_points, sa3_centers=config.n_coarse, fps_start=config.fps_start))
-        enc_c = self.point_encoder.out_channels  # (3, 320, 512, 512)
-        if enc_c[3] != c:
-            raise ValueError(f"emb_dim must equal the encoder's {enc_c[3]} channels")
+        self.build_image_point_branch(c, config.n_points, config.n_coarse, config.fps_start,
+                                      config.resnet18_weights)
         self.jra = JointRegionAlignment(c, config.num_heads)
         self.arm = AffordanceRevealed(c, config.proj_dim)
-        self.fp3 = FeaturePropagation(enc_c[2] + c, [768, 512])
-        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512])
-        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512])
         self.out_head = HeatmapHead(c)
         self.cls_head = nn.Sequential(
             nn.Linear(2 * c, c // 2), nn.BatchNorm1d(c // 2), nn.ReLU(),
@@ -123,7 +114,7 @@ class IAGNet(AffordanceModel):
         f_scene = roi_align(feat * scene_mask, full, output_size=(4, 4))
 
         levels = self.point_encoder(points)
-        (xyz0, p0), (xyz1, p1), (xyz2, p2), (xyz3, p3) = levels
+        p3 = levels[-1][1]
         c = self.config.emb_dim
         joint = self.jra(f_obj.reshape(b, c, -1), p3.transpose(1, 2))  # [B, N_p + 16, C]
         aff = self.arm(joint, f_sub.reshape(b, c, -1).transpose(1, 2),
@@ -132,9 +123,7 @@ class IAGNet(AffordanceModel):
         p_align, i_align = joint[:, :n_p], joint[:, n_p:]
         f_pa, f_ia = aff[:, :n_p], aff[:, n_p:]
 
-        up = self.fp3(xyz2, xyz3, p2, p_align)
-        up = self.fp2(xyz1, xyz2, p1, up)
-        up = self.fp1(xyz0, xyz1, torch.cat([xyz0, p0], dim=-1), up)  # [B, N, C]
+        up = self.upsample(levels, p_align)  # [B, N, C]
         pa_pool, ia_pool = f_pa.mean(1), f_ia.mean(1)
         logits = self.cls_head(torch.cat([pa_pool, ia_pool], dim=-1))
         heatmap = torch.sigmoid(self.out_head(up * pa_pool.unsqueeze(1)))

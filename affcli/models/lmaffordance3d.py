@@ -30,11 +30,10 @@ import torch
 from torch import nn
 
 from affcli.models import register
-from affcli.models.backbones import DEFAULT_TEXT_MODEL, ImageEncoder, load_text_model
-from affcli.models.base import AffordanceModel, AffordanceOutput
+from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model
+from affcli.models.base import AffordanceOutput, ImagePointModel
 from affcli.models.config import ModelConfig
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
-from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
 
 
 @dataclasses.dataclass
@@ -67,18 +66,14 @@ class PointsBatchNormHead(nn.Module):
 
 
 @register("lmaffordance3d", LMAffordance3DConfig)
-class LMAffordance3D(AffordanceModel):
+class LMAffordance3D(ImagePointModel):
     config_class = LMAffordance3DConfig
 
     def __init__(self, config: LMAffordance3DConfig) -> None:
         super().__init__(config)
         c = config.emb_dim
-        self.img_encoder = ImageEncoder(config.resnet18_weights)
-        self.point_encoder = PointNet2Encoder(EncoderConfig(
-            num_points=config.n_points, sa3_centers=config.n_coarse, fps_start=config.fps_start))
-        enc_c = self.point_encoder.out_channels
-        if enc_c[3] != c:
-            raise ValueError(f"emb_dim must equal the encoder's {enc_c[3]} channels")
+        self.build_image_point_branch(c, config.n_points, config.n_coarse, config.fps_start,
+                                      config.resnet18_weights)
         self.language_model, self.tokenizer = load_text_model(config.language_model)
         if config.freeze_language_model:
             self.language_model.requires_grad_(False)
@@ -88,9 +83,6 @@ class LMAffordance3D(AffordanceModel):
         self.adapter_down = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
                                           nn.Linear(hidden, c))
         self.affordance_decoder = AffordanceRevealed(c, config.proj_dim)
-        self.fp3 = FeaturePropagation(enc_c[2] + c, [768, 512])
-        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512])
-        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512])
         self.out_head = PointsBatchNormHead(c, config.n_points)
 
     def language_model_parameters(self) -> Iterator[nn.Parameter]:
@@ -126,7 +118,7 @@ class LMAffordance3D(AffordanceModel):
         c = self.config.emb_dim
         feat = self.img_encoder(image)
         levels = self.point_encoder(points)
-        (xyz0, p0), (xyz1, p1), (xyz2, p2), (xyz3, p3) = levels
+        p3 = levels[-1][1]
         spatial = self.fusion(feat.reshape(b, c, -1), p3.transpose(1, 2))  # [B, T, C]
 
         # right padding, truncation from the left (the end of an instruction matters most)
@@ -149,8 +141,6 @@ class LMAffordance3D(AffordanceModel):
         aff = self.affordance_decoder(spatial, key, value)
 
         n_p = self.config.n_coarse
-        up = self.fp3(xyz2, xyz3, p2, spatial[:, :n_p])
-        up = self.fp2(xyz1, xyz2, p1, up)
-        up = self.fp1(xyz0, xyz1, torch.cat([xyz0, p0], dim=-1), up)
+        up = self.upsample(levels, spatial[:, :n_p])
         heatmap = self.out_head(up * aff[:, :n_p].mean(1, keepdim=True))
         return AffordanceOutput(heatmap=heatmap)
