@@ -66,7 +66,7 @@ class Reporter:
     def note(self, message: str) -> None:
         """A human remark on stderr (never mixes with the JSON on stdout)."""
         if not self.quiet:
-            self.err.print(message, markup=False)
+            self.err.print(message, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.err.print(f"warning: {message}", markup=False, style="yellow")
@@ -115,3 +115,79 @@ def error_line(message: str) -> str:
 def print_error(message: str) -> None:
     sys.stderr.write(error_line(message) + "\n")
     sys.stderr.flush()
+
+
+def _pct(value: Any) -> Any:
+    return value * 100 if isinstance(value, float) and math.isfinite(value) else value
+
+
+METRIC_COLUMNS = ["samples", "aIoU (%)", "AUC (%)", "SIM", "MAE"]
+
+
+def _metric_row(name: str, m: dict[str, Any]) -> list[Any]:
+    return [name, m["count"], _pct(m["aiou"]), _pct(m["auc"]), m["sim"], m["mae"]]
+
+
+def metric_tables(rep: Reporter, result: dict[str, Any], title: str,
+                  baseline: dict[str, Any] | None = None) -> None:
+    """The papers' metrics per object class and per affordance (names, sample counts) with
+    an overall row, then the overall figures beside a baseline's when given. aIoU and AUC
+    are in percent as the papers print them; SIM and MAE as fractions."""
+    for key, label in (("per_object", "object"), ("per_affordance", "affordance")):
+        rows = [_metric_row(name, m) for name, m in sorted(result[key].items())]
+        rows.append(_metric_row("overall", result["overall"]))
+        rep.table(f"{title}: per {label}", [label, *METRIC_COLUMNS], rows)
+    if baseline is not None:
+        rep.table(f"{title}: against a constant prediction", ["predictor", *METRIC_COLUMNS],
+                  [_metric_row("model", result["overall"]),
+                   _metric_row("constant (split mean)", baseline["overall"])])
+
+
+class TrainDisplay:
+    """Training progress: a live Rich bar (loss, samples/s, ETA) on a terminal, plain log
+    lines otherwise; one summary line per epoch. Its methods are the trainer's hooks."""
+
+    def __init__(self, rep: Reporter, epochs: int) -> None:
+        self.rep, self.epochs = rep, epochs
+        self.live = not rep.quiet and not rep.json_mode and rep.err.is_terminal
+        self.bar: Progress | None = None
+        self.task: Any = None
+        self.every = 1
+        self.total = 0
+
+    def hooks(self) -> dict[str, Callable[..., None]]:
+        return {"note": self.rep.note, "warn": self.rep.warn, "epoch_start": self.epoch_start,
+                "step": self.step, "epoch_end": self.epoch_end}
+
+    def epoch_start(self, epoch: int, total: int, start: int) -> None:
+        self.total = total
+        self.every = max(1, total // 10)
+        if not self.live:
+            return
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}"),
+                            TextColumn("{task.fields[speed]} samples/s"),
+                            TimeRemainingColumn(), console=self.rep.err, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=total,
+                                      completed=start, loss="-", speed="-")
+
+    def step(self, epoch: int, step: int, total: int, loss: float, lr: float,
+             speed: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", speed=f"{speed:.1f}")
+        elif not self.rep.quiet and (step % self.every == 0 or step == total):
+            self.rep.note(f"epoch {epoch + 1}/{self.epochs} batch {step}/{total} loss "
+                          f"{loss:.4f} lr {lr:.2e} {speed:.1f} samples/s")
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        val = record.get("val") or {}
+        figures = " ".join(f"{k} {_cell(_pct(val[k]) if k in ('aiou', 'auc') else val[k])}"
+                           for k in ("aiou", "auc", "sim", "mae") if k in val)
+        mark = "  (best)" if record.get("best") else ""
+        self.rep.note(f"epoch {record['epoch']}/{self.epochs} train loss "
+                      f"{record['train_loss']:.4f} | {record['val_split']} {figures}{mark} | "
+                      f"{record['samples_per_s']:.1f} samples/s")

@@ -74,3 +74,15 @@ def piad_demo() -> Path:
     if not (PIAD_DEMO / "Point_Test_Bag_1.txt").exists():
         pytest.skip(f"the real PIAD samples are not at {PIAD_DEMO}")
     return PIAD_DEMO
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PointRefer run folder trained briefly by `affcli train` on the synthetic LASO set
+    (512-point clouds, frozen text encoder: small enough for the CPU)."""
+    out = tmp_path_factory.mktemp("runs") / "pointrefer-seen"
+    code = main(["train", "pointrefer", "--data", str(prepared("laso")), "--epochs", "1",
+                 "--batch-size", "4", "--max-batches", "2", "--points", "512", "--workers", "0",
+                 "--set", "freeze_text_encoder=true", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out

@@ -48,15 +48,23 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `affcli --version` stays cheap and modules stay independent.
-    from affcli.cli import bench, models, prepare, synth
+    from affcli.cli import bench, models, prepare, synth, train
 
     synth.register(app)
     prepare.register(app)
+    train.register(app)
     models.register(app)
     bench.register(app)
 
 
 _register()
+_ARGS: list[str] = []
+
+
+def current_args() -> list[str]:
+    """The arguments of the running command line (for commands that relaunch themselves,
+    e.g. `train --nproc K` under torchrun)."""
+    return list(_ARGS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     # --debug is accepted anywhere on the line; the root callback documents it.
     debug = "--debug" in args or os.environ.get("AFFCLI_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    _ARGS[:] = args + (["--debug"] if debug and "--debug" in (argv or sys.argv) else [])
     try:
         rv = app(args=args, prog_name="affcli", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0

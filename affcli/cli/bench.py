@@ -115,3 +115,38 @@ def metrics_cmd(
               caption=f"{r['speedup']:.1f}x faster, max |difference| "
               f"{r['max_abs_difference']:.2e}")
     rep.result({"benchmark": "metrics", **r})
+
+
+@bench_app.command("train")
+def train_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="pointrefer, iagnet, lmaffordance3d (repeatable; default all).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", "-b", help="Batch size (default: each paper's).")] = None,
+    points: Annotated[int | None, typer.Option(
+        help="Subsample clouds to this many points (default: the data's 2048).")] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per model (median).")] = 3,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Samples/s of a training step (forward, loss, backward, optimizer) per model."""
+    import torch
+
+    from affcli import models
+    from affcli.engine.bench import bench_train
+
+    chosen = [m.lower() for m in (model or ["pointrefer", "iagnet", "lmaffordance3d"])]
+    for m in chosen:
+        models.model_class(m)  # unknown names exit 2 here
+    if steps < 1 or (batch_size is not None and batch_size < 1):
+        raise AffError("--steps/--batch-size", "must be at least 1")
+    rep = reporter(json_out, quiet)
+    rep.note(f"timing {', '.join(chosen)} on {torch.get_num_threads()} CPU threads ...")
+    rows = bench_train(chosen, batch_size, steps, points)
+    rep.table("training step throughput (one process, CPU)",
+              ["model", "dataset", "batch", "clouds/sample", "points", "step (s)",
+               "samples/s"],
+              [(r["model"], r["dataset"], r["batch_size"], r["clouds_per_sample"], r["points"],
+                f"{r['step_s']:.2f}", f"{r['samples_per_s']:.2f}") for r in rows])
+    rep.result({"benchmark": "train", "rows": rows})

@@ -37,6 +37,7 @@ _INV_STD_255 = torch.from_numpy(1 / (IMAGENET_STD * 255)).view(3, 1, 1)
 NUM_QUESTIONS = 15
 # Arrays below this size are read into memory once per worker instead of per sample.
 CACHE_LIMIT_BYTES = 256 * 2**20
+SUBSET_SEED = 20240617  # fixed: a shape's subsampled cloud must not depend on the run's seed
 
 
 def normalize_points(points: np.ndarray) -> np.ndarray:
@@ -134,7 +135,8 @@ def load_image(
 class H5Dataset(Dataset):
     """Common machinery: split check, in-memory index arrays, lazy per-process file handle."""
 
-    def __init__(self, path: str | Path, split: str, seed: int = 0) -> None:
+    def __init__(self, path: str | Path, split: str, seed: int = 0,
+                 num_points: int | None = None) -> None:
         self.info: FileInfo = read_info(path)
         self.path = Path(path)
         if split not in self.info.splits:
@@ -156,7 +158,24 @@ class H5Dataset(Dataset):
             self.sample_affordance = g["samples/affordance"][()].astype(np.int64)
             self.shape_object = g["shapes/object"][()].astype(np.int64)
             self._load_index(g)
-        self.num_points = self.info.num_points
+        self.file_points = self.info.num_points
+        self.num_points = self.file_points if num_points is None else int(num_points)
+        if not 3 <= self.num_points <= self.file_points:
+            raise AffError(path, f"cannot take {self.num_points} points per cloud from clouds "
+                           f"of {self.file_points} (need 3..{self.file_points})")
+        self._subsets: dict[int, np.ndarray] = {}
+
+    def subset(self, shape: int) -> np.ndarray | None:
+        """The points of `shape` kept when clouds are subsampled (`num_points` below the
+        file's count): a fixed random subset per shape, the same in every split, run and
+        process, so a shape's training and evaluation clouds agree. None: all points."""
+        if self.num_points == self.file_points:
+            return None
+        if shape not in self._subsets:
+            rng = np.random.default_rng([SUBSET_SEED, int(shape)])
+            self._subsets[shape] = np.sort(rng.choice(self.file_points, self.num_points,
+                                                      replace=False))
+        return self._subsets[shape]
 
     def _load_index(self, g: h5py.Group) -> None:
         """Subclasses read the small per-sample arrays they need."""
@@ -195,6 +214,17 @@ class H5Dataset(Dataset):
         return self._cache[name][index]
 
     def _points(self, shape: int) -> np.ndarray:
+        """Normalised points of one shape (its subset when subsampling; normalised over the
+        whole cloud first, so the subset sits where the full cloud does)."""
+        full = self._full_points(shape)
+        sub = self.subset(shape)
+        return full if sub is None else full[sub]
+
+    def _mask(self, mask: np.ndarray, shape: int) -> np.ndarray:
+        sub = self.subset(shape)
+        return np.array(mask if sub is None else mask[sub], np.float32)  # a copy
+
+    def _full_points(self, shape: int) -> np.ndarray:
         """Normalised points of one shape. Normalisation is per shape and deterministic, so a
         split small enough to cache is normalised once, for all shapes together."""
         cached = self._cache.get("normalized")
@@ -244,7 +274,7 @@ class LasoDataset(H5Dataset):
         return {
             # copies: callers may modify items in place; the cache must not change
             "points": torch.from_numpy(self._points(shape).copy()),
-            "mask": torch.from_numpy(np.array(self._read("samples/mask", i), np.float32)),
+            "mask": torch.from_numpy(self._mask(self._read("samples/mask", i), shape)),
             "question": str(self.questions[i, qid]),
             "object": int(self.sample_object[i]),
             "affordance": int(self.sample_affordance[i]),
@@ -256,8 +286,10 @@ class LasoDataset(H5Dataset):
         """A whole batch at once (torch's DataLoader calls this when it exists): one fancy
         index per array instead of one lookup per sample."""
         idx = np.array([self._check_index(i) for i in indices], np.int64)
+        if self.num_points != self.file_points:  # subsampled clouds: item by item
+            return [self[int(i)] for i in idx]
         shapes = self.sample_shape[idx]
-        self._points(int(shapes[0]))  # fills the normalised cache when the split fits
+        self._full_points(int(shapes[0]))  # fills the normalised cache when the split fits
         self._read("samples/mask", int(idx[0]))  # likewise the masks
         points = self._cache_tensor("normalized")
         masks = self._cache_tensor("samples/mask")
@@ -286,8 +318,9 @@ class PiadDataset(H5Dataset):
     points ([P,] N, 3), mask ([P,] N), object, affordance, index (+ instruction for AGPIL).
     Train items carry P = pairing_num clouds; test items one."""
 
-    def __init__(self, path: str | Path, split: str, seed: int = 0, pairing_num: int = 2) -> None:
-        super().__init__(path, split, seed)
+    def __init__(self, path: str | Path, split: str, seed: int = 0, pairing_num: int = 2,
+                 num_points: int | None = None) -> None:
+        super().__init__(path, split, seed, num_points)
         if pairing_num < 1:
             raise AffError("--pairing-num", f"must be at least 1, got {pairing_num}")
         self.pairing_num = pairing_num
@@ -310,7 +343,7 @@ class PiadDataset(H5Dataset):
             # Rotating before or after normalising gives the same cloud (the centroid
             # rotates with the points and distances are kept), so rotate the cached one.
             points = (points @ random_rotation(rng).T.astype(np.float32)).astype(np.float32)
-        mask = np.array(self._read("shapes/labels", (shape, affordance)), np.float32)
+        mask = self._mask(self._read("shapes/labels", (shape, affordance)), shape)
         return points, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -344,7 +377,8 @@ class PiadDataset(H5Dataset):
 def open_dataset(path: str | Path, split: str, **kwargs: Any) -> H5Dataset:
     """The Dataset for one split of a prepared file, chosen by the file's dataset kind.
 
-    kwargs: `seed` (all), `pairing_num` (PIAD/AGPIL, default 2).
+    kwargs: `seed` (all), `num_points` (all: subsample every cloud to this many points, a
+    fixed subset per shape), `pairing_num` (PIAD/AGPIL, default 2).
     """
     info = read_info(path)
     if info.dataset == "laso":

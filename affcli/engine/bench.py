@@ -329,3 +329,56 @@ def bench_metrics(samples: int = 2416, points: int = 2048, seed: int = 0) -> dic
     diff = max(float(np.nanmax(np.abs(ours[k].numpy() - np.array(v)))) for k, v in ref.items())
     return {"samples": samples, "points": points, "ours_s": ours_s, "reference_s": ref_s,
             "speedup": ref_s / ours_s, "max_abs_difference": diff}
+
+
+def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int = 3,
+                num_points: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Samples/s of one training step (forward, loss, backward, optimizer step) per model,
+    on batches of a small synthetic set of the model's own dataset kind, data loading
+    excluded. Batch size: the paper's unless given. One warm-up step, then the median."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from affcli import models
+    from affcli.engine.trainer import TrainStep
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="affcli-bench-train-") as tmp:
+        made: dict[str, Path] = {}
+        for name in names:
+            cls = models.model_class(name)
+            kind = cls.dataset_kinds[0]
+            if kind not in made:
+                synthesize(kind, Path(tmp) / kind, seed=seed, shapes_per_class=2)
+                made[kind] = Path(tmp) / f"{kind}.h5"
+                prepare(kind, Path(tmp) / kind, "seen", "full", made[kind])
+            recipe = cls.train_recipe
+            bs = batch_size or int(recipe.get("batch_size", 16))
+            ds = open_dataset(made[kind], "train", seed=seed,
+                              pairing_num=int(recipe.get("pairing_num", 1)),
+                              num_points=num_points)
+            batch = next(iter(DataLoader(ds, batch_size=bs, shuffle=False)))
+            torch.manual_seed(seed)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model = models.build(name, n_points=ds.num_points)
+            model.train()
+            params = model.optimizer_groups(1e-4, 0.0, 1e-6)
+            opt = torch.optim.Adam([g for g in params if g["params"]], lr=1e-4)
+            step = TrainStep(model)
+
+            def one(opt: Any = opt, step: Any = step, batch: Any = batch) -> None:
+                opt.zero_grad(set_to_none=True)
+                step(batch).backward()
+                opt.step()
+
+            seconds = _median_ms(one, steps) / 1000
+            rows.append({"model": name, "dataset": kind, "batch_size": bs,
+                         "clouds_per_sample": int(recipe.get("pairing_num", 1)),
+                         "points": ds.num_points, "step_s": seconds,
+                         "samples_per_s": bs / seconds,
+                         "trainable_parameters": sum(p.numel() for p in model.parameters()
+                                                     if p.requires_grad)})
+    return rows

@@ -51,6 +51,11 @@ def _module_exists(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def model_class(name: str) -> Callable[[Any], torch.nn.Module]:
+    """The registered model class of `name` (its dataset kinds and recipe are on it)."""
+    return _entry(name.lower())[1]
+
+
 def available() -> list[str]:
     return sorted(set(_REGISTRY) | {n for n, m in _LAZY.items() if _module_exists(m)})
 

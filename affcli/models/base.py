@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from affcli.losses import heatmap_loss
 from affcli.models.config import ModelConfig, save_pretrained
 
 
@@ -22,9 +24,19 @@ class AffordanceOutput:
 
 
 class AffordanceModel(nn.Module):
-    """Base class: holds `config`; `save_pretrained(dir)` writes config.json + safetensors."""
+    """Base class: holds `config`; `save_pretrained(dir)` writes config.json + safetensors.
+
+    What the training engine needs from a model is declared here, so the engine stays
+    generic and a new model brings its own data kinds, recipe, inputs and loss:
+    - `dataset_kinds`: the prepared-file kinds (`laso`, `piad`, `agpil`) it can learn from;
+    - `train_recipe`: its paper's optimisation settings (fields of engine.recipes.TrainConfig);
+    - `forward_batch(batch, points)`: the forward on a collated dataset batch;
+    - `loss(output, target, batch)`: its training objective for one cloud per sample.
+    """
 
     config_class: type[ModelConfig] = ModelConfig
+    dataset_kinds: ClassVar[tuple[str, ...]] = ()
+    train_recipe: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -35,6 +47,36 @@ class AffordanceModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(self, self.config, directory)
+
+    # ------------------------------------------------------------------ training interface
+
+    def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
+        """The forward on a collated batch of this model's dataset, with `points` [B, N, 3]
+        (one cloud per sample: training items may carry several, see `training_loss`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define forward_batch")
+
+    def loss(self, output: AffordanceOutput, target: torch.Tensor, batch: dict[str, Any]
+             ) -> torch.Tensor:
+        """The training objective for one cloud per sample; default: focal + dice."""
+        return heatmap_loss(output.heatmap, target)
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a training batch. PIAD/AGPIL training items pair each image with P
+        clouds ([B, P, N, 3]); as in the reference scripts the losses of the P forwards are
+        summed before one backward pass."""
+        points, mask = batch["points"], batch["mask"]
+        if points.dim() == 3:
+            return self.loss(self.forward_batch(batch, points), mask, batch)
+        total = points.new_zeros(())
+        for j in range(points.shape[1]):
+            total = total + self.loss(self.forward_batch(batch, points[:, j]), mask[:, j], batch)
+        return total
+
+    def optimizer_groups(self, lr: float, weight_decay: float, text_lr: float | None = None
+                         ) -> list[dict[str, Any]]:
+        """Parameter groups for the optimiser; default: every trainable parameter at `lr`."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
+                 "weight_decay": weight_decay}]
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AffordanceModel:

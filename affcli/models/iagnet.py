@@ -18,11 +18,13 @@ Data flow (shapes for B clouds of N points, emb_dim C = 512, N_p = 64 coarse poi
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from affcli.losses import iagnet_loss
 from affcli.models import register
 from affcli.models.base import AffordanceOutput, ImagePointModel
 from affcli.models.config import ModelConfig
@@ -60,24 +62,49 @@ class HeatmapHead(nn.Module):
 def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scene mask (1 outside both boxes) and the roi_align boxes, as the reference builds
-    them on the feature map: rows/cols int(v + 0.5), and the object RoI's x2 + 0.5 quirk."""
-    b, _, h, w = feat.shape
-    mask = torch.ones(b, 1, h, w, dtype=feat.dtype, device=feat.device)
-    obj_rois, sub_rois = [], []
-    for i in range(b):
-        for box in (obj[i], subject[i]):
-            x1, y1, x2, y2 = (int(v + 0.5) for v in box.tolist())
-            mask[i, :, max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 0
-        ox1, oy1, ox2, oy2 = obj[i].tolist()
-        obj_rois.append([i, ox1, oy1, ox2 + 0.5, oy2])
-        sub_rois.append([i, *subject[i].tolist()])
-    as_t = lambda r: torch.tensor(r, dtype=feat.dtype, device=feat.device)  # noqa: E731
-    return mask, as_t(obj_rois), as_t(sub_rois)
+    them on the feature map: rows/cols int(v + 0.5), and the object RoI's x2 + 0.5 quirk.
+
+    Written with tensor ops over the whole batch (no `.tolist()`, no loop over samples) so
+    that traced graphs take the boxes as inputs and keep the batch size dynamic. The
+    reference's int(v + 0.5) on Python floats is floor in float64 here: the two differ
+    only below zero, where the slice bound is clamped to 0 anyway."""
+    _, _, h, w = feat.shape
+
+    def bounds(box: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        edges = torch.floor(box[:, [lo, hi]].double() + 0.5).clamp_min(0)  # [B, 2]
+        return edges[:, :1, None], edges[:, 1:, None]  # [B, 1, 1] each
+
+    rows = torch.arange(h, device=feat.device, dtype=torch.float64).view(1, h, 1)
+    cols = torch.arange(w, device=feat.device, dtype=torch.float64).view(1, 1, w)
+    covered = torch.zeros_like(rows * cols, dtype=torch.bool)
+    for box in (obj, subject):
+        (y1, y2), (x1, x2) = bounds(box, 1, 3), bounds(box, 0, 2)
+        covered = covered | ((rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2))
+    mask = (~covered).to(feat.dtype).unsqueeze(1)  # [B, 1, h, w]
+    index = torch.arange(obj.shape[0], device=feat.device).to(feat.dtype).unsqueeze(1)
+    obj = obj.to(feat.dtype)
+    obj_rois = torch.cat([index, obj[:, :2], obj[:, 2:3] + 0.5, obj[:, 3:]], dim=1)
+    sub_rois = torch.cat([index, subject.to(feat.dtype)], dim=1)
+    return mask, obj_rois, sub_rois
 
 
 @register("iagnet", IAGNetConfig)
 class IAGNet(ImagePointModel):
     config_class = IAGNetConfig
+    dataset_kinds = ("piad", "agpil")
+    # IAGNet's train.py: Adam, cosine annealing to 1e-6 over the run, batch 16, 2 clouds per
+    # image; the loss weights are in affcli.losses (CE 0.3, KL 0.5)
+    train_recipe = {"epochs": 80, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-3,
+                    "optimizer": "adam", "scheduler": "cosine", "min_lr": 1e-6,
+                    "pairing_num": 2}
+
+    def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
+        return self(points, batch["image"], batch["subject_box"], batch["object_box"])
+
+    def loss(self, output: AffordanceOutput, target: torch.Tensor, batch: dict[str, Any]
+             ) -> torch.Tensor:
+        return iagnet_loss(output.heatmap, target, output.affordance_logits, batch["affordance"],
+                           (output.extras["image_affordance"], output.extras["image_aligned"]))
 
     def __init__(self, config: IAGNetConfig) -> None:
         super().__init__(config)
@@ -109,8 +136,8 @@ class IAGNet(ImagePointModel):
         scene_mask, obj_rois, sub_rois = _box_masks_and_rois(feat, sub, obj)
         f_obj = roi_align(feat, obj_rois, output_size=(4, 4), sampling_ratio=4)
         f_sub = roi_align(feat, sub_rois, output_size=(4, 4), sampling_ratio=4)
-        full = torch.tensor([[i, 0.0, 0.0, 6.0, 6.0] for i in range(b)], dtype=feat.dtype,
-                            device=feat.device)
+        extent = torch.tensor([0.0, 0.0, 6.0, 6.0], dtype=feat.dtype, device=feat.device)
+        full = torch.cat([obj_rois[:, :1], extent.expand(obj_rois.shape[0], 4)], dim=1)
         f_scene = roi_align(feat * scene_mask, full, output_size=(4, 4))
 
         levels = self.point_encoder(points)

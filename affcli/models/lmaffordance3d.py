@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +35,16 @@ from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model
 from affcli.models.base import AffordanceOutput, ImagePointModel
 from affcli.models.config import ModelConfig
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
+
+
+def tokenize_instructions(tokenizer: Any, instructions: Sequence[str], text_tokens: int
+                          ) -> dict[str, torch.Tensor]:
+    """LMAffordance3D's tokenisation (`LMAffordance3D.tokenize`), usable with the tokenizer
+    alone (e.g. to feed an exported graph): int64 input_ids / attention_mask [B, L]."""
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    text = tokenizer(list(instructions), return_tensors="pt", padding="longest",
+                     truncation=True, max_length=text_tokens)
+    return {k: text[k].long() for k in ("input_ids", "attention_mask")}
 
 
 @dataclasses.dataclass
@@ -68,6 +79,25 @@ class PointsBatchNormHead(nn.Module):
 @register("lmaffordance3d", LMAffordance3DConfig)
 class LMAffordance3D(ImagePointModel):
     config_class = LMAffordance3DConfig
+    dataset_kinds = ("agpil",)
+    # the LAVIS project files: AdamW, linear warmup from 1e-6 over 2000 steps of the first
+    # epoch, then cosine per epoch from 1e-4 to 1e-5, batch 6, 3 clouds per image
+    train_recipe = {"epochs": 20, "batch_size": 6, "lr": 1e-4, "weight_decay": 0.06,
+                    "optimizer": "adamw", "scheduler": "warmup_cosine", "min_lr": 1e-5,
+                    "warmup_lr": 1e-6, "warmup_steps": 2000, "pairing_num": 3}
+
+    def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
+        return self(points, batch["image"], batch["instruction"])
+
+    def optimizer_groups(self, lr: float, weight_decay: float, text_lr: float | None = None
+                         ) -> list[dict[str, Any]]:
+        # as LAVIS: no decay on biases and other 1-D parameters (norm scales and shifts)
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or name.endswith("bias") else decay).append(p)
+        return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
     def __init__(self, config: LMAffordance3DConfig) -> None:
         super().__init__(config)
@@ -94,14 +124,29 @@ class LMAffordance3D(ImagePointModel):
 
     def _insert_tokens(self, text_embeds: torch.Tensor, text_mask: torch.Tensor,
                        tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sequence as [valid text tokens, multimodal tokens, text padding]."""
-        seqs, masks = [], []
-        ones = torch.ones(tokens.shape[1], dtype=text_mask.dtype, device=text_mask.device)
-        for i in range(tokens.shape[0]):
-            n = int(text_mask[i].sum())
-            seqs.append(torch.cat([text_embeds[i, :n], tokens[i], text_embeds[i, n:]]))
-            masks.append(torch.cat([text_mask[i, :n], ones, text_mask[i, n:]]))
-        return torch.stack(seqs), torch.stack(masks)
+        """Each sequence as [valid text tokens, multimodal tokens, text padding].
+
+        One gather over [text, tokens] for the whole batch (no per-sample Python loop and no
+        count read back into Python), so traced graphs keep batch and text length dynamic."""
+        length, t = text_embeds.shape[1], tokens.shape[1]
+        n = text_mask.sum(1, keepdim=True)  # [B, 1] valid text tokens (right padding)
+        pos = torch.arange(length + t, device=text_mask.device).unsqueeze(0)  # [1, L + T]
+        # output position -> row of cat([text, tokens]): text before, tokens, then padding
+        src = torch.where(pos < n, pos, torch.where(pos < n + t, length + pos - n, pos - t))
+        both = torch.cat([text_embeds, tokens.to(text_embeds.dtype)], dim=1)
+        seq = torch.gather(both, 1, src.unsqueeze(-1).expand(-1, -1, both.shape[2]))
+        ones = torch.ones_like(text_mask[:, :1]).expand(-1, t)
+        mask = torch.gather(torch.cat([text_mask, ones], dim=1), 1, src.expand_as(seq[..., 0]))
+        return seq, mask
+
+    def tokenize(self, instructions: Sequence[str], device: torch.device | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """{'input_ids', 'attention_mask'}: int64 [B, L], L the longest instruction's token
+        count up to `text_tokens`; right padding, truncation from the left (the end of an
+        instruction matters most). `forward_tokens` starts from these, so an exported graph
+        takes them as inputs and the tokenizer runs outside it."""
+        out = tokenize_instructions(self.tokenizer, instructions, self.config.text_tokens)
+        return out if device is None else {k: v.to(device) for k, v in out.items()}
 
     def forward(self, points: torch.Tensor, image: torch.Tensor, instructions: Sequence[str]
                 ) -> AffordanceOutput:
@@ -110,6 +155,14 @@ class LMAffordance3D(ImagePointModel):
         if isinstance(instructions, str) or len(instructions) != b:
             raise ValueError(f"need one instruction per cloud ({b}), got "
                              f"{1 if isinstance(instructions, str) else len(instructions)}")
+        text = self.tokenize(instructions, points.device)
+        return self.forward_tokens(points, image, text["input_ids"], text["attention_mask"])
+
+    def forward_tokens(self, points: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> AffordanceOutput:
+        """The forward from tokenised instructions (`tokenize`): tensors only, so it traces
+        and exports; `forward` is this after the tokenizer."""
+        b = points.shape[0]
         if image.dim() != 4 or image.shape[0] != b:
             raise ValueError(f"image must be [B={b}, 3, H, W], got {list(image.shape)}")
         if points.shape[1] != self.config.n_points:
@@ -121,13 +174,8 @@ class LMAffordance3D(ImagePointModel):
         p3 = levels[-1][1]
         spatial = self.fusion(feat.reshape(b, c, -1), p3.transpose(1, 2))  # [B, T, C]
 
-        # right padding, truncation from the left (the end of an instruction matters most)
-        self.tokenizer.padding_side, self.tokenizer.truncation_side = "right", "left"
-        text = self.tokenizer(list(instructions), return_tensors="pt", padding="longest",
-                              truncation=True, max_length=self.config.text_tokens
-                              ).to(points.device)
-        embeds = self.language_model.get_input_embeddings()(text["input_ids"])
-        seq, mask = self._insert_tokens(embeds, text["attention_mask"], self.adapter_up(spatial))
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        seq, mask = self._insert_tokens(embeds, attention_mask, self.adapter_up(spatial))
         # a frozen language model still passes gradients to its inputs (the adapter, the
         # fusion and both encoders train through it), so no no_grad here
         hidden = self.language_model(inputs_embeds=seq, attention_mask=mask).last_hidden_state

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +33,15 @@ from affcli.nn.fusion import AdaptiveFusionBlock
 from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
 
 POINT_DIM = 512  # width of the sa3 / fp3 / fp2 / fp1 features (fixed by the reference)
+
+
+def tokenize_questions(tokenizer: Any, questions: Sequence[str], text_tokens: int
+                       ) -> dict[str, torch.Tensor]:
+    """PointRefer's tokenisation (`PointRefer.tokenize`), usable with the tokenizer alone
+    (e.g. to feed an exported graph): int64 input_ids / attention_mask [B, text_tokens]."""
+    batch = tokenizer(list(questions), padding="max_length", truncation=True,
+                      max_length=text_tokens, return_tensors="pt")
+    return {k: batch[k].long() for k in ("input_ids", "attention_mask")}
 
 
 @dataclass
@@ -60,6 +70,24 @@ class PointRefer(AffordanceModel):
     heatmap [B, N] in [0, 1] and extras["logits"] [B, N] (before the sigmoid)."""
 
     config_class = PointReferConfig
+    dataset_kinds = ("laso",)
+    # LASO's train.py: Adam, the text encoder at its own rate, StepLR(10, 0.5), batch 16
+    train_recipe = {"epochs": 50, "batch_size": 16, "lr": 1e-4, "text_lr": 5e-6,
+                    "weight_decay": 1e-3, "optimizer": "adam", "scheduler": "step",
+                    "step_size": 10, "gamma": 0.5}
+
+    def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
+        return self(points, batch["question"])
+
+    def optimizer_groups(self, lr: float, weight_decay: float, text_lr: float | None = None
+                         ) -> list[dict[str, Any]]:
+        text = [p for p in self.text_encoder_parameters() if p.requires_grad]
+        groups = [{"params": [p for p in self.other_parameters() if p.requires_grad],
+                   "lr": lr, "weight_decay": weight_decay}]
+        if text:
+            groups.append({"params": text, "lr": lr if text_lr is None else text_lr,
+                           "weight_decay": weight_decay})
+        return groups
 
     def __init__(self, config: PointReferConfig) -> None:
         super().__init__(config)
@@ -108,16 +136,30 @@ class PointRefer(AffordanceModel):
 
     # ------------------------------------------------------------------ forward
 
+    def tokenize(self, questions: Sequence[str], device: torch.device | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """{'input_ids', 'attention_mask'}: int64 [B, text_tokens] (padded / truncated to the
+        fixed token count the fusion block's token mixer needs; mask 1 = real token). The
+        tensor half of the model (`forward_tokens`) starts from these, so an exported graph
+        takes them as inputs and the tokenizer runs outside it."""
+        out = tokenize_questions(self.tokenizer, questions, self.config.text_tokens)
+        return out if device is None else {k: v.to(device) for k, v in out.items()}
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [B, T, emb_dim], attention mask [B, T] bool, True = real token). Token type
+        ids are left to the text model's default (all zeros, as the tokenizer gives for one
+        sequence)."""
+        frozen = self.config.freeze_text_encoder
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            hidden = self.text_encoder(input_ids=input_ids,
+                                       attention_mask=attention_mask).last_hidden_state
+        return self.text_resizer(hidden), attention_mask.bool()
+
     def encode_text(self, questions: Sequence[str], device: torch.device
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, T, emb_dim], attention mask [B, T] bool, True = real token)."""
-        batch = self.tokenizer(list(questions), padding="max_length", truncation=True,
-                               max_length=self.config.text_tokens, return_tensors="pt")
-        batch = batch.to(device)
-        frozen = self.config.freeze_text_encoder
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            hidden = self.text_encoder(**batch).last_hidden_state
-        return self.text_resizer(hidden), batch["attention_mask"].bool()
+        return self.encode_tokens(**self.tokenize(questions, device))
 
     def forward(self, points: torch.Tensor, questions: Sequence[str]) -> AffordanceOutput:
         if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
@@ -126,8 +168,14 @@ class PointRefer(AffordanceModel):
             raise ValueError(f"points must have shape [B, N, C], got {list(points.shape)}")
         if len(questions) != points.shape[0]:
             raise ValueError(f"{points.shape[0]} point clouds but {len(questions)} questions")
+        text = self.tokenize(questions, points.device)
+        return self.forward_tokens(points, text["input_ids"], text["attention_mask"])
 
-        tokens, valid = self.encode_text(questions, points.device)
+    def forward_tokens(self, points: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> AffordanceOutput:
+        """The forward from tokenised questions (`tokenize`): tensors only, so it traces and
+        exports; `forward` is this after the tokenizer."""
+        tokens, valid = self.encode_tokens(input_ids, attention_mask)
         (xyz0, f0), (xyz1, f1), (xyz2, f2), (xyz3, f3) = self.point_encoder(points)
 
         f3 = self.fusion(tokens, f3)

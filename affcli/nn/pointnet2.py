@@ -19,9 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from affcli.nn import syncbn
+from affcli.nn.syncbn import sync_active
 from affcli.ops import (
     ball_query,
     batch_norm_relu,
+    exporting,
     farthest_point_sample,
     group_relative,
     moments_and_max,
@@ -81,6 +84,11 @@ class SharedMLP(nn.Module):
             scale, shift = self._folded(i)
             return torch.addcmul(shift, y, scale).relu_()
         bn = self.norms[i]
+        if sync_active():  # statistics over every process of a distributed run
+            mean, var = syncbn.moments(y)
+            self._update_running(i, mean, var, syncbn.global_rows(y.shape[0]))
+            scale = bn.weight * torch.rsqrt(var + bn.eps)
+            return torch.addcmul(bn.bias - mean * scale, y, scale).relu_()
         out, mean, var = batch_norm_relu(y, bn.weight, bn.bias, bn.eps)
         self._update_running(i, mean, var, y.shape[0])
         return out
@@ -95,8 +103,14 @@ class SharedMLP(nn.Module):
         # then normalisation is increasing in every channel and one max pools them all.
         sign = torch.where(bn.weight.detach() >= 0, 1.0, -1.0).to(x.dtype)
         y = x @ (lin.weight * sign.unsqueeze(1)).t()
-        mean, var, pooled = moments_and_max(y, pool)
-        self._update_running(i, sign * mean.detach(), var.detach(), y.shape[0])
+        if sync_active():
+            mean, var = syncbn.moments(y)
+            pooled = y.view(-1, pool, y.shape[1]).amax(1)
+            rows = syncbn.global_rows(y.shape[0])
+        else:
+            mean, var, pooled = moments_and_max(y, pool)
+            rows = y.shape[0]
+        self._update_running(i, sign * mean.detach(), var.detach(), rows)
         scale = bn.weight.abs() * torch.rsqrt(var + bn.eps)
         return torch.addcmul(bn.bias - mean * scale, pooled, scale).relu_()
 
@@ -212,8 +226,11 @@ class SetAbstractionMSG(nn.Module):
             if features is not None and self.in_channels:
                 per_point = per_point + features @ w_feat.t()
             per_center = centers @ w_xyz.t()
-            # (on a GPU one large kernel per layer beats many cache-sized ones)
-            if not self.training and not torch.is_grad_enabled() and not xyz.is_cuda:
+            # (on a GPU one large kernel per layer beats many cache-sized ones; a graph being
+            # recorded takes the plain path: the blocks are a Python loop over the batch's
+            # centres, which a trace would fix to the traced batch size)
+            if (not self.training and not torch.is_grad_enabled() and not xyz.is_cuda
+                    and not exporting()):
                 outs.append(_grouped_mlp_inference(mlp, per_point, per_center, idx))
                 continue
             # layer 1 without its bias (normalize() accounts for it), grouped

@@ -1,8 +1,11 @@
 """Point-cloud ops of the PointNet++ engine: one public function per op.
 
 Each dispatches on the device of its inputs: Triton kernels for CUDA tensors, the CPU path
-(numba-compiled loops and torch indexing) otherwise. `AFFCLI_OPS=triton|cpu` forces one
-backend (tests run the Triton kernels on the CPU with `TRITON_INTERPRET=1`).
+(numba-compiled loops and torch indexing) otherwise. `AFFCLI_OPS=triton|cpu|torch` forces one
+backend (tests run the Triton kernels on the CPU with `TRITON_INTERPRET=1`). `torch` is the
+portable path (ops/portable.py: plain differentiable torch, same indices as the CPU path);
+it is always used while tracing, scripting or exporting (see `exporting()`), because neither
+numba nor Triton kernels can be recorded into a graph.
 
 Semantics (identical in every backend; `tests/ops/reference.py` spells them out):
 - farthest_point_sample: start at `start`, then repeatedly the point farthest (squared
@@ -26,6 +29,7 @@ __all__ = [
     "ball_query",
     "batch_norm_relu",
     "column_moments",
+    "exporting",
     "farthest_point_sample",
     "gather_group",
     "group_relative",
@@ -34,11 +38,23 @@ __all__ = [
     "three_nn",
 ]
 
-_BACKENDS = ("triton", "cpu")
+_BACKENDS = ("triton", "cpu", "torch")
+
+
+def exporting() -> bool:
+    """True while torch records a graph (jit trace / script, ONNX export, torch.export,
+    torch.compile): the ops then take the portable path and the modules their plain one."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return True
+    compiler = torch.compiler
+    return compiler.is_compiling() or compiler.is_exporting()
 
 
 def backend_for(t: torch.Tensor) -> str:
-    """The backend an op on `t` runs: AFFCLI_OPS if set, else triton on CUDA, cpu otherwise."""
+    """The backend an op on `t` runs: torch while exporting, else AFFCLI_OPS if set, else
+    triton on CUDA, cpu otherwise."""
+    if exporting():
+        return "torch"
     forced = os.environ.get("AFFCLI_OPS", "").strip().lower()
     if forced:
         if forced not in _BACKENDS:
@@ -48,8 +64,11 @@ def backend_for(t: torch.Tensor) -> str:
 
 
 def _impl(t: torch.Tensor):  # noqa: ANN202 - a module
-    if backend_for(t) == "triton":
+    backend = backend_for(t)
+    if backend == "triton":
         from affcli.ops import triton as impl
+    elif backend == "torch":
+        from affcli.ops import portable as impl
     else:
         from affcli.ops import cpu as impl
     return impl
@@ -71,7 +90,8 @@ def _check_index(name: str, idx: torch.Tensor, shape: tuple[int, ...], upper: in
         raise TypeError(f"{name} must be an integer (int64/int32) tensor, got {idx.dtype}")
     if tuple(idx.shape) != shape:
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(idx.shape)}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= upper):
+    # (a value check reads the tensor back: not possible, nor needed, inside a graph)
+    if not exporting() and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= upper):
         raise IndexError(f"{name} holds indices outside [0, {upper})")
 
 
@@ -92,7 +112,9 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, start: int | None = 0) -> t
     else:
         if not 0 <= int(start) < num:
             raise ValueError(f"start={start} is outside [0, {num})")
-        starts = torch.full((b,), int(start), dtype=torch.int64)
+        # full_like of a batch-shaped slice rather than full((b,)): a traced graph keeps the
+        # batch size dynamic instead of recording b as a constant
+        starts = torch.full_like(xyz[:, 0, 0], int(start), dtype=torch.int64)
     return _impl(xyz).farthest_point_sample(xyz.detach().float().contiguous(), n,
                                             starts.to(xyz.device))
 
@@ -132,6 +154,10 @@ def gather_group(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if idx.dim() != 3 or idx.shape[0] != b:
         raise ValueError(f"idx must have shape [B={b}, M, k], got {list(idx.shape)}")
     _check_index("idx", idx, tuple(idx.shape), n)
+    if backend_for(features) == "torch":  # differentiable as it is: no autograd Function
+        from affcli.ops import portable
+
+        return portable.gather_group(features, idx.long())
     return _ag.GatherGroup.apply(features, idx.long(), _impl(features))
 
 
@@ -148,6 +174,10 @@ def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.T
     if tuple(weight.shape) != tuple(idx.shape):
         raise ValueError(f"weight must have the shape of idx {list(idx.shape)}, got "
                          f"{list(weight.shape)}")
+    if backend_for(features) == "torch":
+        from affcli.ops import portable
+
+        return portable.three_interpolate(features, idx.long(), weight)
     return _ag.ThreeInterpolate.apply(features, idx.long(), weight, _impl(features))
 
 

@@ -1,0 +1,225 @@
+"""`affcli train` and `affcli eval`: thin wrappers over engine.trainer and engine.evaluator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.errors import AffError
+
+# options a resumed run may change; everything else comes from the run's own config
+RESUMABLE = ("epochs", "workers", "device")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+
+
+def train_cmd(
+    model: Annotated[str | None, typer.Argument(
+        help="pointrefer, iagnet or lmaffordance3d (omit with --resume).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Prepared HDF5 file (default data/<dataset>_<setting>.h5).")] = None,
+    setting: Annotated[str | None, typer.Option(help="seen or unseen.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (paper default per model).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", "-b", help="Global batch size (split over --nproc processes).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    text_lr: Annotated[float | None, typer.Option(
+        help="Text encoder learning rate (PointRefer).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    pairing_num: Annotated[int | None, typer.Option(
+        help="PIAD/AGPIL: point clouds paired with each training image.")] = None,
+    points: Annotated[int | None, typer.Option(
+        help="Subsample every cloud to this many points (a fixed subset per shape; faster on "
+        "the CPU). Default: the file's count.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    max_batches: Annotated[int | None, typer.Option(
+        help="Stop each epoch after this many batches (0 = all).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML file of options (any of these, underscores or dashes).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Model config override KEY=VALUE (repeatable), e.g. "
+        "--set resnet18_weights=resnet18.pth.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Run folder (default runs/<model>/<setting>-N).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run in this folder from its last.pt.")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        help="Train with this many processes on this machine (DistributedDataParallel).")
+    ] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model with its paper's recipe; validate every epoch, keep best/last, test."""
+    from affcli.cli import current_args
+    from affcli.engine import distributed as D
+
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        code = D.launch(nproc, _without_nproc(current_args()))
+        raise typer.Exit(code)
+
+    from affcli.engine.recipes import resolve
+    from affcli.engine.trainer import Interrupted, Trainer
+    from affcli.render import TrainDisplay, metric_tables
+
+    given = {"data": str(data) if data else None, "setting": setting, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "text_lr": text_lr,
+             "weight_decay": weight_decay, "pairing_num": pairing_num, "num_points": points,
+             "device": device,
+             "amp": amp, "seed": seed, "workers": workers, "max_batches": max_batches,
+             "out": str(out) if out else None}
+    if set_:
+        from affcli.cli.models import parse_overrides
+
+        given["model_config"] = parse_overrides(set_)
+    if resume is not None:
+        cfg = _resumed_config(resume, model, config, given)
+    else:
+        if model is None:
+            raise AffError("train", "name the model to train (pointrefer, iagnet, "
+                           "lmaffordance3d), or --resume RUN_DIR")
+        from affcli import models
+
+        cls = models.model_class(model)
+        cfg = resolve(model.lower(), dict(cls.train_recipe), config, given)
+    rep = reporter(json_out, quiet)
+    proc = D.setup(cfg.device)
+    try:
+        if proc.rank != 0:
+            rep.quiet = True
+        display = TrainDisplay(rep, cfg.epochs)
+        trainer = Trainer(cfg, proc, hooks=display.hooks(), resume=resume)
+        if proc.main:
+            n = sum(p.numel() for p in trainer.model.parameters())
+            rep.note(f"training {cfg.model} on {cfg.data} ({trainer.info.dataset} "
+                     f"{trainer.info.setting}, {len(trainer.train_set)} train / "
+                     f"{len(trainer.val_set)} {trainer.val_split} samples, {n:,} parameters) "
+                     f"on {proc.device}" + (f" x {proc.world} processes" if proc.distributed
+                                            else "") + f" -> {trainer.run_dir}")
+        try:
+            summary = trainer.run()
+        except Interrupted as exc:
+            if proc.main:
+                rep.note(f"saved {exc.run_dir / 'last.pt'}; {exc}")
+            raise typer.Exit(130) from None
+        if proc.main:
+            if summary["test"] is not None:
+                metric_tables(rep, summary["test"],
+                              f"{cfg.model} on {trainer.info.dataset} "
+                              f"{summary['test']['split']} (best epoch {summary['best_epoch']})")
+            rep.note(f"run folder: {summary['run_dir']}")
+            rep.result(summary)
+    finally:
+        D.teardown()
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
+
+
+def _resumed_config(run_dir: Path, model: str | None, config: Path | None,
+                    given: dict[str, object]):  # noqa: ANN202 - TrainConfig
+    from affcli.engine import checkpoint as ckpt
+    from affcli.engine.recipes import TrainConfig
+
+    doc = ckpt.load(ckpt.find_checkpoint(run_dir, prefer=ckpt.LAST) if run_dir.is_dir()
+                    else run_dir)
+    if not run_dir.is_dir() or not (run_dir / ckpt.LAST).is_file():
+        raise AffError(run_dir, "--resume takes a run folder holding last.pt")
+    cfg = TrainConfig.from_dict(dict(doc["train_config"]), run_dir / ckpt.LAST)
+    if model is not None and model.lower() != cfg.model:
+        raise AffError(run_dir, f"is a {cfg.model} run, not {model}")
+    fixed = sorted(k for k, v in given.items() if v is not None and k not in RESUMABLE)
+    if config is not None or fixed:
+        raise AffError("--resume", "a resumed run keeps its own configuration; only "
+                       f"{', '.join('--' + k for k in RESUMABLE)} may be given (got "
+                       f"{', '.join('--' + k.replace('_', '-') for k in fixed) or '--config'})")
+    for key in RESUMABLE:
+        if given.get(key) is not None:
+            setattr(cfg, key, given[key])
+    return cfg.validate(run_dir)
+
+
+def eval_cmd(
+    path: Annotated[Path, typer.Argument(
+        help="Run folder (uses best.pt), checkpoint file, or pretrained directory.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Prepared HDF5 file (default: the one the run trained on).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")] = 16,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    save_predictions: Annotated[Path | None, typer.Option(
+        help="Write the predicted heatmaps and ground truth to this HDF5 file.")] = None,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also score a constant prediction (split mean).")
+    ] = True,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a trained model on a split: per-class and per-affordance tables, or JSON."""
+    from affcli import models
+    from affcli.data.datasets import open_dataset
+    from affcli.engine import distributed as D
+    from affcli.engine.checkpoint import load_model
+    from affcli.engine.evaluator import constant_baseline, predict, score
+    from affcli.engine.evaluator import save_predictions as save
+    from affcli.engine.trainer import check_data
+    from affcli.render import metric_tables
+
+    if batch_size < 1:
+        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
+    rep = reporter(json_out, quiet)
+    model, doc, source = load_model(path)
+    model_type = model.config.model_type
+    if data is None:
+        trained_on = (doc or {}).get("data", {}).get("path")
+        if not trained_on:
+            raise AffError(path, "no dataset recorded with this model; pass --data FILE.h5")
+        data = Path(trained_on)
+    cls = models.model_class(model_type)
+    info = check_data(model_type, cls, data)
+    if split not in info.splits:
+        raise AffError(data, f"no split {split!r} (this file has {', '.join(info.splits)})")
+    proc = D.Process(device=D.resolve_device(device))
+    model.to(proc.device)
+    n_model = int(model.config.to_dict().get("n_points", info.num_points))
+    if n_model > info.num_points:
+        raise AffError(data, f"clouds have {info.num_points} points but the model was built "
+                       f"for {n_model}")
+    # a model trained on subsampled clouds is scored on the same per-shape subsets
+    dataset = open_dataset(data, split, num_points=n_model)
+    rep.note(f"evaluating {model_type} ({source}) on {data} {split} ({len(dataset)} samples)")
+    pred = predict(model, dataset, batch_size, proc, workers=workers)
+    assert pred is not None
+    result = score(pred)
+    base = constant_baseline(pred) if baseline else None
+    if save_predictions is not None:
+        save(save_predictions, pred, {"data": data, "split": split, "model": source,
+                                      "model_type": model_type})
+        rep.note(f"predictions written to {save_predictions}")
+    metric_tables(rep, result, f"{model_type} on {info.dataset} {info.setting} {split}", base)
+    rep.result({"model": str(source), "model_type": model_type, "data": str(data),
+                "split": split, **result,
+                **({"baseline": base} if base is not None else {})})

@@ -1,0 +1,164 @@
+"""Training checkpoints and run folders.
+
+A checkpoint is one torch file holding only tensors and plain containers, so it loads with
+`weights_only=True` (nothing in it can run code): the model's registry name, config and
+weights, the optimizer and AMP scaler states, where training stood (epoch, step), the RNG
+states of torch, numpy and Python, the best validation aIoU so far and the resolved training
+config. Files are written to a temporary name and renamed, so a crash never leaves half a
+checkpoint.
+
+A run folder is `runs/<model>/<setting>-N/` with `config.yaml`, `last.pt`, `best.pt`,
+`metrics.jsonl` and, at the end, `test_metrics.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from affcli.errors import AffError
+
+FORMAT = "affcli-checkpoint"
+VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by `save`, or exit-2 errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AffError(path, "checkpoint not found")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a bad file
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise AffError(path, f"not a readable checkpoint ({type(exc).__name__}: {first})"
+                       ) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise AffError(path, "not an affcli training checkpoint",
+                       hint="official checkpoints are converted with `affcli import-checkpoint`")
+    if int(doc.get("version", 0)) > VERSION:
+        raise AffError(path, f"checkpoint version {doc['version']} is newer than this affcli")
+    for key in ("model_type", "model_config", "model"):
+        if key not in doc:
+            raise AffError(path, f"checkpoint lacks {key!r} (truncated or foreign file)")
+    return doc
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a training step may draw from, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    doc: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(state), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        doc["cuda"] = torch.cuda.get_rng_state_all()
+    return doc
+
+
+def set_rng_state(doc: dict[str, Any]) -> None:
+    torch.set_rng_state(doc["torch"])
+    n = doc["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = doc["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in doc and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(doc["cuda"])
+
+
+def new_run_dir(root: str | Path, model: str, setting: str) -> Path:
+    """runs/<model>/<setting>-N for the next free N (created, so two runs never share)."""
+    base = Path(root) / model
+    base.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^{re.escape(setting)}-(\d+)$")
+    taken = [int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))]
+    n = max(taken, default=0) + 1
+    while True:
+        path = base / f"{setting}-{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
+    """A checkpoint file from a run folder (best.pt, else last.pt) or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (prefer, BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise AffError(path, f"no {BEST} or {LAST} in this folder (not a training run?)")
+    if not path.exists():
+        raise AffError(path, "no such run folder or checkpoint")
+    return path
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any] | None, Path]:
+    """(model, checkpoint or None, file used) from a run folder, a checkpoint file, or a
+    pretrained directory (config.json + model.safetensors). The model is on the CPU in eval
+    mode."""
+    import warnings
+
+    from affcli import models
+    from affcli.models.config import CONFIG_NAME, load_state
+
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file() and not any(
+            (path / n).is_file() for n in (BEST, LAST)):
+        return models.from_pretrained(path).eval(), None, path
+    ckpt = find_checkpoint(path)
+    doc = load(ckpt)
+    fields = dict(doc["model_config"])
+    # the checkpoint holds the trained ResNet weights: the file it started from (maybe gone
+    # by now) is not needed, and the "random init" warning would be wrong
+    if "resnet18_weights" in fields:
+        fields["resnet18_weights"] = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ResNet18 starts from random weights")
+        model = models.build(str(doc["model_type"]), **fields)
+    load_state(model, doc["model"], ckpt)
+    return model.eval(), doc, ckpt
+
+
+def link_copy(src: Path, dst: Path) -> None:
+    """`dst` becomes a copy of `src` atomically: a hard link when the file system allows
+    (no second write of a large file), else a byte copy; then renamed over `dst`."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,391 @@
+"""The training loop behind `affcli train`.
+
+One epoch = the global batches of GlobalBatchSampler, each split over the processes; after
+it, validation (aIoU decides `best.pt`), `last.pt`, a line in `metrics.jsonl`. At the end the
+best weights are evaluated on the test split.
+
+Exact resume: everything a step depends on is either derived from (seed, epoch, index) —
+batch order, sample augmentation — or saved in the checkpoint — weights, optimizer and
+scaler state, RNG states, the step reached. A resumed CPU run therefore repeats the
+uninterrupted run's later steps bit for bit, also from a Ctrl-C in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from affcli import models
+from affcli.data.datasets import open_dataset
+from affcli.data.h5 import FileInfo, read_info
+from affcli.engine import checkpoint as ckpt
+from affcli.engine import distributed as D
+from affcli.engine.evaluator import autocast, predict, score, to_device
+from affcli.engine.recipes import TrainConfig, learning_rate
+from affcli.errors import AffError
+from affcli.models.config import load_state
+
+# the dataset a model trains on when neither --data nor a file for it is given
+DEFAULT_DATASET = {"laso": "laso", "piad": "piad", "agpil": "agpil"}
+
+
+class TrainStep(nn.Module):
+    """The loss of a batch as a module's forward, so DistributedDataParallel sees (and
+    synchronises) the whole computation, however many forwards the model's loss takes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.model.training_loss(batch)
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches done in the current epoch (non-zero after an interruption)
+    global_step: int = 0
+    best_aiou: float = -math.inf
+    best_epoch: int = 0
+    step_losses: list[float] = field(default_factory=list)  # of the current epoch
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; `last.pt` holds the state to resume from."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted; resume with `affcli train --resume {run_dir}`")
+        self.run_dir = run_dir
+
+
+Hooks = dict[str, Callable[..., None]]
+
+
+def default_data(model_cls: type, setting: str) -> Path:
+    """data/<dataset>_<setting>.h5 for the first dataset kind of the model."""
+    kind = model_cls.dataset_kinds[0]
+    return Path("data") / f"{DEFAULT_DATASET[kind]}_{setting}.h5"
+
+
+def check_data(model_name: str, model_cls: type, path: Path) -> FileInfo:
+    info = read_info(path)
+    if info.dataset not in model_cls.dataset_kinds:
+        needs = " or ".join(k.upper() for k in model_cls.dataset_kinds)
+        raise AffError(path, f"{model_name} cannot train on {info.dataset.upper()} data: it "
+                       f"needs {needs}",
+                       hint=f"prepare one with `affcli prepare {model_cls.dataset_kinds[0]} "
+                       "--root ...`")
+    if "train" not in info.splits:
+        raise AffError(path, f"no train split (this file has {', '.join(info.splits)})")
+    return info
+
+
+class Trainer:
+    """Build everything from a resolved TrainConfig (or a run folder to resume), then `run`."""
+
+    def __init__(self, cfg: TrainConfig, proc: D.Process, hooks: Hooks | None = None,
+                 resume: Path | None = None) -> None:
+        self.cfg, self.proc, self.hooks = cfg, proc, hooks or {}
+        self.state = State()
+        model_cls = models.model_class(cfg.model)
+        data = Path(cfg.data) if cfg.data else default_data(model_cls, cfg.setting)
+        self.info = check_data(cfg.model, model_cls, data)
+        cfg.data = str(data)
+        self.val_split = cfg.val_split or ("val" if "val" in self.info.splits else "test")
+        if self.val_split not in self.info.splits:
+            raise AffError(data, f"no split {self.val_split!r} to validate on (this file has "
+                           f"{', '.join(self.info.splits)})")
+        if cfg.test_split and cfg.test_split not in self.info.splits:
+            raise AffError(data, f"no split {cfg.test_split!r} to test on (this file has "
+                           f"{', '.join(self.info.splits)})")
+        self.amp = bool(cfg.amp if cfg.amp is not None else proc.device.type == "cuda")
+        if self.amp and proc.device.type != "cuda":
+            self._note("warn", "AMP needs CUDA; training in float32 on the CPU")
+            self.amp = False
+
+        torch.manual_seed(cfg.seed)  # same initial weights in every process and on resume
+        if cfg.num_points is not None and cfg.num_points > self.info.num_points:
+            raise AffError(data, f"--points {cfg.num_points} exceeds the {self.info.num_points}"
+                           " points per cloud of this file")
+        self.num_points = cfg.num_points or self.info.num_points
+        overrides = {"n_points": self.num_points, **cfg.model_config}
+        self.model = models.build(cfg.model, **overrides)
+        if proc.distributed:
+            from affcli.nn.syncbn import convert_batchnorm
+
+            convert_batchnorm(self.model)
+        self.dtype = torch.float64 if cfg.precision == "float64" else torch.float32
+        if self.dtype == torch.float64 and self.amp:
+            raise AffError("--amp", "mixed precision and float64 exclude each other")
+        self.model.to(proc.device, dtype=self.dtype)
+        self.optimizer = self._optimizer()
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp)
+
+        self.train_set = open_dataset(data, "train", seed=cfg.seed, pairing_num=cfg.pairing_num,
+                                      num_points=self.num_points)
+        self.val_set = open_dataset(data, self.val_split, seed=cfg.seed,
+                                    num_points=self.num_points)
+        self.sampler = D.GlobalBatchSampler(len(self.train_set), cfg.batch_size, proc,
+                                            shuffle=True, seed=cfg.seed, drop_last=True)
+        if self.sampler.num_batches() == 0:
+            raise AffError(data, f"the train split has {len(self.train_set)} samples, fewer "
+                           f"than one batch of {cfg.batch_size}", hint="lower --batch-size")
+
+        self.run_dir = self._run_dir(resume)
+        if resume is not None:
+            self._resume(resume)
+        step = TrainStep(self.model)
+        self.step_module: nn.Module = step
+        if proc.distributed:
+            ids = [proc.device.index] if proc.device.type == "cuda" else None
+            # find_unused_parameters: the Linear biases before a training-mode BatchNorm take
+            # no part in the loss (BatchNorm cancels them), and DDP must not wait for them
+            self.step_module = nn.parallel.DistributedDataParallel(
+                step, device_ids=ids, find_unused_parameters=True)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _note(self, kind: str, message: str) -> None:
+        if self.proc.main and kind in self.hooks:
+            self.hooks[kind](message)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        groups = self.model.optimizer_groups(self.cfg.lr, self.cfg.weight_decay, self.cfg.text_lr)
+        groups = [g for g in groups if g["params"]]
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9)
+        cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return cls(groups, lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def _run_dir(self, resume: Path | None) -> Path:
+        if resume is not None:
+            return resume
+        path = None
+        if self.proc.main:
+            if self.cfg.out:
+                path = Path(self.cfg.out)
+                if path.exists() and any(path.iterdir()):
+                    raise AffError(path, "output folder exists and is not empty",
+                                   hint="choose another --out, or --resume it")
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path = ckpt.new_run_dir("runs", self.cfg.model, self.cfg.setting)
+            self.cfg.out = str(path)
+            (path / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(),
+                                                             sort_keys=False))
+        path = D.broadcast(self.proc, str(path) if path else None)
+        self.cfg.out = path
+        return Path(path)
+
+    def _resume(self, run_dir: Path) -> None:
+        doc = ckpt.load(run_dir / ckpt.LAST)
+        if doc["model_type"] != self.cfg.model:
+            raise AffError(run_dir / ckpt.LAST, f"holds a {doc['model_type']} model, not "
+                           f"{self.cfg.model}")
+        load_state(self.model, doc["model"], run_dir / ckpt.LAST)
+        try:
+            self.optimizer.load_state_dict(doc["optimizer"])
+            if doc.get("scaler"):
+                self.scaler.load_state_dict(doc["scaler"])
+        except (ValueError, KeyError) as exc:
+            raise AffError(run_dir / ckpt.LAST, f"optimizer state does not fit ({exc})") from None
+        s = doc["state"]
+        self.state = State(epoch=int(s["epoch"]), step=int(s["step"]),
+                           global_step=int(s["global_step"]), best_aiou=float(s["best_aiou"]),
+                           best_epoch=int(s["best_epoch"]),
+                           step_losses=[float(x) for x in s["step_losses"]])
+        rng = doc["rng"]
+        trained_with = len(rng) if isinstance(rng, list) else 1
+        if trained_with != self.proc.world:
+            raise AffError(run_dir / ckpt.LAST, f"this run trained with {trained_with} "
+                           f"process(es); resume it with --nproc {trained_with}")
+        ckpt.set_rng_state(rng[self.proc.rank] if isinstance(rng, list) else rng)
+        self._note("note", f"resuming {run_dir} at epoch {self.state.epoch + 1}"
+                   + (f", batch {self.state.step + 1}" if self.state.step else ""))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _payload(self) -> dict[str, Any]:
+        s = self.state
+        # every process's RNG state: each draws its own dropout masks
+        rngs = D.gather(self.proc, ckpt.rng_state())
+        return {
+            "model_type": self.cfg.model,
+            "model_config": self.model.config.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.amp else {},
+            "state": {"epoch": s.epoch, "step": s.step, "global_step": s.global_step,
+                      "best_aiou": s.best_aiou, "best_epoch": s.best_epoch,
+                      "step_losses": list(s.step_losses)},
+            "rng": rngs if self.proc.distributed else (rngs[0] if rngs else None),
+            "train_config": self.cfg.to_dict(),
+            "data": {"path": self.cfg.data, "dataset": self.info.dataset,
+                     "setting": self.info.setting, "view": self.info.view},
+        }
+
+    def _save(self, names: tuple[str, ...]) -> None:
+        payload = self._payload()  # collective: every process takes part
+        if self.proc.main:
+            ckpt.save(self.run_dir / names[0], payload)
+            for name in names[1:]:  # the same bytes: a hard link, swapped in atomically
+                ckpt.link_copy(self.run_dir / names[0], self.run_dir / name)
+        D.barrier(self.proc)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _set_lr(self, epoch: int, step: int) -> float:
+        lr = learning_rate(self.cfg, epoch, step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * lr / self.cfg.lr
+        return lr
+
+    def _loader(self) -> DataLoader:
+        # the loader's own generator: worker seeds must not draw from the global RNG, or a
+        # run resumed mid-epoch would see different dropout masks from there on
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(self.train_set, batch_sampler=self.sampler,
+                          num_workers=self.cfg.workers, generator=gen,
+                          pin_memory=self.proc.device.type == "cuda")
+
+    def _train_step(self, batch: dict[str, Any]) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.proc.device, self.amp):
+            loss = self.step_module(to_device(batch, self.proc.device, self.dtype))
+        if not torch.isfinite(loss):
+            raise AffError(self.cfg.data, f"the loss became {loss.item()} at epoch "
+                           f"{self.state.epoch + 1}, batch {self.state.step + 1}",
+                           hint="lower --lr, or check the data")
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return D.mean_over_processes(self.proc, float(loss.detach()))
+
+    def run(self) -> dict[str, Any]:
+        # The first Ctrl-C finishes the current batch, saves last.pt and stops; a second
+        # one stops at once.
+        interrupted = {"flag": False}
+
+        def on_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
+            if interrupted["flag"]:
+                raise KeyboardInterrupt
+            interrupted["flag"] = True
+            self._note("note", "interrupt: saving last.pt after this batch (Ctrl-C again to "
+                       "stop at once)")
+
+        try:
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread: leave the handler alone
+            previous = None
+        try:
+            return self._run(interrupted)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _run(self, interrupted: dict[str, bool]) -> dict[str, Any]:
+        cfg, s = self.cfg, self.state
+        per_epoch = self.sampler.num_batches()
+        if cfg.max_batches:
+            per_epoch = min(per_epoch, cfg.max_batches)
+        while s.epoch < cfg.epochs:
+            epoch = s.epoch
+            self.train_set.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, start=s.step)
+            self.model.train()
+            if "epoch_start" in self.hooks and self.proc.main:
+                self.hooks["epoch_start"](epoch, per_epoch, s.step)
+            t0, seen = time.perf_counter(), 0
+            for batch in self._loader():
+                if s.step >= per_epoch:
+                    break
+                lr = self._set_lr(epoch, s.step)
+                loss = self._train_step(batch)
+                s.step_losses.append(loss)
+                s.step += 1
+                s.global_step += 1
+                seen += cfg.batch_size
+                if "step" in self.hooks and self.proc.main:
+                    self.hooks["step"](epoch, s.step, per_epoch, loss, lr,
+                                       seen / max(time.perf_counter() - t0, 1e-9))
+                if D.any_process(self.proc, interrupted["flag"]):
+                    self._save((ckpt.LAST,))
+                    raise Interrupted(self.run_dir)
+            record = self._end_epoch(epoch, t0, seen)
+            if "epoch_end" in self.hooks and self.proc.main:
+                self.hooks["epoch_end"](record)
+            if D.any_process(self.proc, interrupted["flag"]):
+                raise Interrupted(self.run_dir)
+        return self._finish()
+
+    def _end_epoch(self, epoch: int, t0: float, seen: int) -> dict[str, Any]:
+        s, cfg = self.state, self.cfg
+        train_seconds = time.perf_counter() - t0
+        pred = predict(self.model, self.val_set, cfg.eval_batch_size or cfg.batch_size,
+                       self.proc, workers=cfg.workers, amp=self.amp, dtype=self.dtype)
+        val = score(pred)["overall"] if pred is not None else None
+        aiou = D.broadcast(self.proc, val["aiou"] if val else None)
+        improved = aiou is not None and math.isfinite(aiou) and aiou > s.best_aiou
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": sum(s.step_losses) / max(len(s.step_losses), 1),
+            "lr": learning_rate(cfg, epoch, 0),
+            "val_split": self.val_split,
+            "val": val,
+            "best": improved,
+            "samples_per_s": seen / max(train_seconds, 1e-9),
+            "seconds": time.perf_counter() - t0,
+            "step_losses": list(s.step_losses),
+        }
+        if improved:
+            s.best_aiou, s.best_epoch = aiou, epoch + 1
+        s.epoch, s.step, s.step_losses = epoch + 1, 0, []
+        self._save((ckpt.LAST, ckpt.BEST) if improved else (ckpt.LAST,))
+        if self.proc.main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_plain(record)) + "\n")
+        return record
+
+    def _finish(self) -> dict[str, Any]:
+        cfg = self.cfg
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir), "epochs": self.state.epoch,
+                                   "best_epoch": self.state.best_epoch,
+                                   "best_val_aiou": self.state.best_aiou, "test": None}
+        if cfg.test_split and (self.run_dir / ckpt.BEST).is_file():
+            best = ckpt.load(self.run_dir / ckpt.BEST)
+            load_state(self.model, best["model"], self.run_dir / ckpt.BEST)
+            test_set = open_dataset(cfg.data, cfg.test_split, seed=cfg.seed,
+                                    num_points=self.num_points)
+            pred = predict(self.model, test_set, cfg.eval_batch_size or cfg.batch_size,
+                           self.proc, workers=cfg.workers, amp=self.amp, dtype=self.dtype)
+            if pred is not None:
+                result = score(pred)
+                result["split"] = cfg.test_split
+                summary["test"] = result
+                (self.run_dir / "test_metrics.json").write_text(
+                    json.dumps(_plain(result), indent=2) + "\n")
+        return summary
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe (NaN and inf become null)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

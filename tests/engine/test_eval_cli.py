@@ -1,0 +1,112 @@
+"""`affcli train` / `affcli eval` as users type them: tables with names, JSON, saved
+predictions, and exit code 2 with the file named for every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from affcli.engine import checkpoint as ckpt
+
+
+def test_a_run_folder_holds_everything(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "test_metrics.json"} <= names
+    doc = ckpt.load(trained_run / "last.pt")
+    for key in ("model", "optimizer", "scaler", "state", "rng", "train_config", "model_config"):
+        assert key in doc
+    assert doc["train_config"]["num_points"] == 512 and doc["state"]["epoch"] == 1
+    record = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["epoch"] == 1 and len(record["step_losses"]) == 2
+    assert set(record["val"]) == {"aiou", "auc", "sim", "mae", "count"}
+
+
+def test_eval_prints_named_tables_and_the_baseline(run_cli, trained_run, prepared):
+    from affcli.data.datasets import open_dataset
+
+    code, out, err = run_cli("eval", trained_run, "--split", "test")
+    assert code == 0, err
+    assert "per object" in out and "per affordance" in out and "overall" in out
+    test = open_dataset(prepared("laso"), "test")
+    objects = {test.info.object_names[i] for i in test.sample_object}
+    affordances = {test.info.affordance_names[i] for i in test.sample_affordance}
+    assert objects and all(name in out for name in objects | affordances)  # names, not indices
+    assert "constant (split mean)" in out
+
+
+def test_eval_json_matches_the_saved_predictions(run_cli, trained_run, tmp_path):
+    from affcli import metrics
+
+    preds = tmp_path / "p.h5"
+    code, out, err = run_cli("eval", trained_run, "--json", "--save-predictions", preds)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["split"] == "test" and doc["model_type"] == "pointrefer"
+    with h5py.File(preds) as f:
+        heat, target = f["heatmap"][()], f["target"][()]
+        objects = f["object"].asstr()[()].tolist()
+        affs = f["affordance"].asstr()[()].tolist()
+        assert f.attrs["split"] == "test"
+    assert heat.shape == target.shape and heat.shape[1] == 512
+    assert ((heat >= 0) & (heat <= 1)).all()
+    again = metrics.evaluate(heat, target, objects, affs)
+    assert doc["overall"]["aiou"] == pytest.approx(again["overall"]["aiou"], abs=1e-9)
+    assert doc["per_object"].keys() == again["per_object"].keys()
+    assert sum(v["count"] for v in doc["per_affordance"].values()) == len(heat)
+    # the test figures written at the end of training are these (same best weights)
+    final = json.loads((trained_run / "test_metrics.json").read_text())
+    assert final["overall"]["aiou"] == pytest.approx(doc["overall"]["aiou"], abs=1e-6)
+
+
+def test_corrupt_checkpoint_exits_2(run_cli, trained_run, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes((trained_run / "best.pt").read_bytes()[:4096])
+    code, _, err = run_cli("eval", bad, "--data", trained_run / "x.h5")
+    assert code == 2 and str(bad) in err and "not a readable checkpoint" in err
+    junk = tmp_path / "junk.pt"
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    junk.write_bytes((tmp_path / "a.npy").read_bytes())
+    code, _, err = run_cli("eval", junk)
+    assert code == 2 and str(junk) in err
+
+
+def test_wrong_dataset_exits_2(run_cli, trained_run, prepared):
+    code, _, err = run_cli("eval", trained_run, "--data", prepared("piad"))
+    assert code == 2 and "pointrefer cannot train on PIAD data: it needs LASO" in err
+    code, _, err = run_cli("train", "iagnet", "--data", prepared("laso"), "--epochs", "1")
+    assert code == 2 and "iagnet cannot train on LASO data: it needs PIAD or AGPIL" in err
+    code, _, err = run_cli("train", "lmaffordance3d", "--data", prepared("piad"))
+    assert code == 2 and "needs AGPIL" in err
+
+
+def test_missing_split_exits_2(run_cli, trained_run, prepared):
+    code, _, err = run_cli("eval", trained_run, "--split", "val", "--data", prepared("piad"))
+    assert code == 2  # PointRefer refuses PIAD before the split is looked at
+    code, _, err = run_cli("eval", trained_run, "--split", "validation")
+    assert code == 2 and "no split 'validation'" in err and "train, val, test" in err
+
+
+def test_missing_default_data_file_exits_2(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("train", "iagnet", "--setting", "unseen")
+    assert code == 2 and "data/piad_unseen.h5" in err and "affcli prepare" in err
+
+
+def test_resume_refuses_new_options(run_cli, trained_run):
+    code, _, err = run_cli("train", "--resume", trained_run, "--lr", "0.1")
+    assert code == 2 and "keeps its own configuration" in err and "--lr" in err
+    code, _, err = run_cli("train", "iagnet", "--resume", trained_run)
+    assert code == 2 and "is a pointrefer run" in err
+
+
+def test_bad_options_exit_2(run_cli, prepared, tmp_path):
+    code, _, err = run_cli("train", "pointrefer", "--data", prepared("laso"), "--points", "100")
+    assert code == 2 and "num_points must be at least 512" in err
+    code, _, err = run_cli("train", "pointrefer", "--data", prepared("laso"), "--batch-size",
+                           "500", "--out", tmp_path / "r")
+    assert code == 2 and "fewer than one batch" in err
+    code, _, err = run_cli("train", "nosuchmodel")
+    assert code == 2 and "unknown model" in err

@@ -1,0 +1,92 @@
+"""Exact resume on the CPU: a run interrupted by Ctrl-C in the middle of an epoch, or killed
+after an epoch's checkpoint, continues with the very losses and weights of the run that was
+never interrupted (bit for bit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from affcli import models
+from affcli.engine import checkpoint as ckpt
+from affcli.engine.distributed import Process
+from affcli.engine.recipes import TrainConfig, resolve
+from affcli.engine.trainer import Interrupted, Trainer
+
+
+def _config(data, out) -> TrainConfig:
+    # PointRefer has dropout (its text encoder's), so the RNG states must be restored too
+    given = dict(data=str(data), epochs=2, batch_size=4, max_batches=2, workers=0,
+                 num_points=512, test_split=None, out=str(out),
+                 model_config={"freeze_text_encoder": True})
+    return resolve("pointrefer", models.model_class("pointrefer").train_recipe, None, given)
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run):
+    return ckpt.load(run / ckpt.LAST)["model"]
+
+
+def _resume(run):
+    doc = ckpt.load(run / ckpt.LAST)
+    cfg = TrainConfig.from_dict(doc["train_config"], run)
+    Trainer(cfg, Process(), resume=run).run()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory):
+    run = tmp_path_factory.mktemp("resume") / "whole"
+    Trainer(_config(prepared("laso"), run), Process()).run()
+    return run
+
+
+def test_ctrl_c_mid_epoch_then_resume_equals_the_uninterrupted_run(prepared, tmp_path,
+                                                                  uninterrupted):
+    run = tmp_path / "cut"
+
+    def ctrl_c(epoch, step, total, loss, lr, speed):
+        if (epoch, step) == (1, 1):  # the first batch of the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = Trainer(_config(prepared("laso"), run), Process(), hooks={"step": ctrl_c})
+    with pytest.raises(Interrupted):
+        trainer.run()
+    state = ckpt.load(run / ckpt.LAST)["state"]
+    assert (state["epoch"], state["step"]) == (1, 1)  # saved mid-epoch
+    assert len(_records(run)) == 1
+    _resume(run)
+    whole, cut = _records(uninterrupted), _records(run)
+    assert [r["step_losses"] for r in cut] == [r["step_losses"] for r in whole]
+    assert [r["val"] for r in cut] == [r["val"] for r in whole]
+    a, b = _weights(uninterrupted), _weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_after_an_epoch_then_resume_equals_the_uninterrupted_run(prepared, tmp_path,
+                                                                     uninterrupted):
+    run = tmp_path / "killed"
+
+    class Killed(Exception):
+        pass
+
+    def die(record):
+        if record["epoch"] == 1:
+            raise Killed  # as if the process died right after writing last.pt
+
+    with pytest.raises(Killed):
+        Trainer(_config(prepared("laso"), run), Process(), hooks={"epoch_end": die}).run()
+    _resume(run)
+    whole, cut = _records(uninterrupted), _records(run)
+    assert [r["step_losses"] for r in cut] == [r["step_losses"] for r in whole]
+    a, b = _weights(uninterrupted), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the best checkpoint is the epoch with the best validation aIoU
+    best = max(whole, key=lambda r: r["val"]["aiou"])
+    assert ckpt.load(run / ckpt.BEST)["state"]["best_epoch"] == best["epoch"]
