@@ -55,6 +55,7 @@ def _register() -> None:
     train.register(app)
     models.register(app)
     bench.register(app)
+    from affcli.cli import predict; predict.register(app)  # noqa: E702, I001
 
 
 _register()
