@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the embedded synthetic dataset: synth LASO -> prepare -> train PointRefer
-# briefly on the CPU -> evaluate on the test split beside a constant-prediction baseline.
+# briefly on the CPU -> evaluate on the test split beside a constant-prediction baseline ->
+# predict on loose synthetic shape files (a stand-in for your own scans) with PNG renders.
+DEMO_QUESTION ?= Where would you grasp this mug?
 demo: setup
 	$(BIN)/affcli synth laso $(DEMO)/LASO_dataset -k $(DEMO_SHAPES) --force
 	$(BIN)/affcli prepare laso --root $(DEMO)/LASO_dataset --out data/laso_seen.h5 --force
@@ -31,6 +33,11 @@ demo: setup
 	$(BIN)/affcli train pointrefer --data data/laso_seen.h5 --out runs/demo/pointrefer \
 		$(DEMO_TRAIN)
 	$(BIN)/affcli eval runs/demo/pointrefer --split test
+	$(BIN)/affcli synth shapes $(DEMO)/shapes -k 1 --force --quiet
+	rm -rf runs/demo/predict
+	$(BIN)/affcli predict $(DEMO)/shapes/mug_0.ply $(DEMO)/shapes/knife_0.ply \
+		--model runs/demo/pointrefer --question "$(DEMO_QUESTION)" --render \
+		--out runs/demo/predict
 
 # Lint first (ruff clean is part of passing). pytest exits 5 when it collects no test;
 # that is a failure of the suite, so say so plainly.

@@ -24,18 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN/inf become null so every consumer can parse the document."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from affcli.fileio import jsonable
 
 
 class Reporter:
@@ -63,6 +52,17 @@ class Reporter:
             table.add_row(*(_cell(v) for v in row))
         self.out.print(table)
 
+    def facts(self, title: str, pairs: Sequence[tuple[str, Any]]) -> None:
+        """A two-column table of named facts (no header), for one result's details."""
+        if self.json_mode or self.quiet:
+            return
+        table = Table(title=title, show_header=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")  # paths are kept whole, folded if need be
+        for name, value in pairs:
+            table.add_row(name, _cell(value))
+        self.out.print(table)
+
     def note(self, message: str) -> None:
         """A human remark on stderr (never mixes with the JSON on stdout)."""
         if not self.quiet:
@@ -74,7 +74,7 @@ class Reporter:
     def result(self, doc: dict[str, Any]) -> None:
         """The command's machine-readable result; printed only with --json."""
         if self.json_mode:
-            sys.stdout.write(json.dumps(_jsonable(doc), indent=2) + "\n")
+            sys.stdout.write(json.dumps(jsonable(doc), indent=2) + "\n")
             sys.stdout.flush()
 
     @contextlib.contextmanager

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from affcli.data.h5 import atomic_output
 from affcli.data.pointio import HEATMAP_CMAP, heatmap_colors
+from affcli.fileio import atomic_output
 
 ELEVATION = 20.0  # degrees: high enough to see tops (seats, lids), low enough to see sides
 # (azimuth, label): the second view is the first turned half way round, so together they show

@@ -4,7 +4,8 @@
 # (a warning on stderr, an "error" line in the JSONL) and exits 2 at the end.
 #
 #   ./examples/predict_folder.sh SHAPES_DIR [QUESTION] [MODEL]
-#   MODEL defaults to the newest run under runs/pointrefer/; outputs go to runs/predict-N/.
+#   MODEL defaults to the newest run under runs/pointrefer/; the outputs go to $OUT (default
+#   predictions/) and the JSON lines to $LOG (default $OUT/predictions.jsonl).
 set -uo pipefail  # no -e: exit code 2 (some shapes failed) is a result to count, not a crash
 DIR=${1:?usage: $0 SHAPES_DIR [QUESTION] [MODEL]}
 QUESTION=${2:-"Where would you grasp this object?"}

@@ -48,14 +48,15 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `affcli --version` stays cheap and modules stay independent.
-    from affcli.cli import bench, models, prepare, synth, train
+    from affcli.cli import bench, export, models, predict, prepare, synth, train
 
     synth.register(app)
     prepare.register(app)
     train.register(app)
+    predict.register(app)
+    export.register(app)
     models.register(app)
     bench.register(app)
-    from affcli.cli import predict; predict.register(app)  # noqa: E702, I001
 
 
 _register()

@@ -9,7 +9,7 @@ import typer
 from affcli.cli.common import JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
-bench_app = typer.Typer(help="Benchmarks: loader (more arrive with the engine).",
+bench_app = typer.Typer(help="Benchmarks: loader, ops, metrics, train (JSON with --json).",
                         no_args_is_help=True)
 
 

@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
 
 
 def synth_cmd(
-    dataset: Annotated[str, typer.Argument(help="laso, piad or agpil.")],
+    dataset: Annotated[str, typer.Argument(
+        help="laso, piad or agpil; or shapes: loose PLY files to try `affcli predict` on.")],
     out: Annotated[Path, typer.Argument(help="Folder to write the raw dataset into.")],
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
     shapes_per_class: Annotated[int, typer.Option(
@@ -38,6 +39,8 @@ def synth_cmd(
               list(counts.items()), caption=f"{out} · seed {seed} · k={shapes_per_class} "
               f"· {seconds:.1f} s")
     if not json_out:
-        rep.note(f"next: affcli prepare {dataset.lower()} --root {out}")
+        rep.note(f"next: affcli predict '{out}/*.ply' --question '...' --model RUN"
+                 if dataset.lower() == "shapes" else
+                 f"next: affcli prepare {dataset.lower()} --root {out}")
     rep.result({"dataset": dataset.lower(), "out": str(out), "seed": seed,
                 "shapes_per_class": shapes_per_class, "samples": counts, "seconds": seconds})

@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +32,7 @@ import numpy as np
 
 from affcli import __version__
 from affcli.errors import AffError
+from affcli.fileio import atomic_output
 
 SCHEMA_VERSION = 1
 DATASETS = ("laso", "piad", "agpil")
@@ -110,36 +107,6 @@ class Prepared:
     num_points: int
     splits: dict[str, SplitData]
     manifest: Manifest
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output(out: Path, force: bool) -> Iterator[Path]:
-    """Yields a temporary path beside `out`; renamed onto `out` only if the block succeeds.
-
-    A failure (or Ctrl-C) leaves no partial file behind, and an existing output is untouched.
-    """
-    out = Path(out)
-    if out.exists() and not force:
-        raise AffError(out, "output exists; pass --force to overwrite it")
-    if out.exists() and out.is_dir():
-        raise AffError(out, "output is a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 is not what users expect
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _chunked(f: h5py.Group, name: str, data: np.ndarray, row_chunk: tuple[int, ...]) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from affcli.data.h5 import atomic_output
 from affcli.errors import AffError
+from affcli.fileio import atomic_output
 
 # "jet"-like rainbows are what the field's score figures look like, and a rainbow keeps low,
 # middle and high scores apart better than a two-colour ramp. "turbo" is Google's fix of jet:
@@ -921,15 +921,17 @@ _OUT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),
                        ("green", "u1"), ("blue", "u1"), ("score", "<f4")])
 
 
-def write_ply(path: str | Path, points: np.ndarray, scores: np.ndarray,
+def write_ply(path: str | Path, points: np.ndarray, scores: np.ndarray | None,
               colors: np.ndarray | None = None, binary: bool = True) -> Path:
     """Write a scored point cloud as PLY: x y z (float), red green blue (uchar) and score
-    (float) per vertex; colours default to the scores' heatmap. Atomic: readers never see a
-    half-written file. Raises ValueError for inconsistent arrays (a caller's bug)."""
+    (float) per vertex; colours default to the scores' heatmap. With `scores` None, a plain
+    cloud: x y z alone. Atomic: readers never see a half-written file. Raises ValueError for
+    inconsistent arrays (a caller's bug)."""
     table = _scored_table(points, scores, colors)
     fmt = "binary_little_endian" if binary else "ascii"
+    comment = "" if scores is None else "; score = affordance in [0, 1]"
     header = "\n".join([
-        "ply", f"format {fmt} 1.0", "comment written by affcli; score = affordance in [0, 1]",
+        "ply", f"format {fmt} 1.0", f"comment written by affcli{comment}",
         f"element vertex {len(table)}",
         *(f"property {'float' if table.dtype[n].kind == 'f' else 'uchar'} {n}"
           for n in table.dtype.names or ()),
@@ -943,15 +945,23 @@ def write_ply(path: str | Path, points: np.ndarray, scores: np.ndarray,
         else:
             cols = [table[n] for n in table.dtype.names or ()]
             # %.9g: enough digits for every float32 to read back bit-exact
-            np.savetxt(f, np.column_stack(cols), fmt="%.9g %.9g %.9g %d %d %d %.9g")
+            row = " ".join("%.9g" if table.dtype[n].kind == "f" else "%d"
+                           for n in table.dtype.names or ())
+            np.savetxt(f, np.column_stack(cols), fmt=row)
     return path
 
 
-def _scored_table(points: np.ndarray, scores: np.ndarray, colors: np.ndarray | None
+def _scored_table(points: np.ndarray, scores: np.ndarray | None, colors: np.ndarray | None
                   ) -> np.ndarray:
     pts = np.asarray(points, np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ValueError(f"points have shape {pts.shape}, expected [M, 3]")
+    if scores is None:
+        with np.errstate(over="ignore"):
+            plain = np.ascontiguousarray(pts, "<f4")
+        if not np.isfinite(plain).all():
+            raise ValueError("points must be finite and within float32 range")
+        return plain.view([("x", "<f4"), ("y", "<f4"), ("z", "<f4")]).reshape(-1)
     sc = np.asarray(scores, np.float64)
     if sc.shape != (len(pts),):
         raise ValueError(f"scores have shape {sc.shape}, expected ({len(pts)},)")

@@ -71,8 +71,20 @@ def setup(device: str) -> Process:
         # processes on one machine share its cores: do not each spawn a thread per core
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         if dev.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+            share = max(1, (os.cpu_count() or 1) // local_world)
+            torch.set_num_threads(share)
+            _limit_numba_threads(share)
     return Process(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def _limit_numba_threads(n: int) -> None:
+    """At most n numba threads in this process (the CPU ops' loops), when numba allows it."""
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except (ImportError, ValueError):
+        pass
 
 
 def teardown() -> None:
@@ -190,5 +202,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "affcli", *argv]
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    share = str(max(1, (os.cpu_count() or 1) // nproc))
+    # both thread pools: numba's CPU ops would otherwise each take every core as well
+    env.setdefault("OMP_NUM_THREADS", share)
+    env.setdefault("NUMBA_NUM_THREADS", share)
     return subprocess.call(cmd, env=env)

@@ -8,8 +8,6 @@ them back into dataset order, so the figures are those of one process on the who
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader
 from affcli import metrics
 from affcli.data.datasets import H5Dataset
 from affcli.engine.distributed import Process, ShardSampler, gather
+from affcli.fileio import atomic_output
 
 
 @dataclass
@@ -110,11 +109,8 @@ def save_predictions(path: str | Path, pred: Predictions, attrs: dict[str, Any])
     """An HDF5 file with heatmap [S, N], target [S, N], index, shape, object and affordance
     names per sample, and `attrs` (source file, split, checkpoint), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     text = h5py.string_dtype()
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("heatmap", data=pred.heatmap, compression="gzip", chunks=True)
             f.create_dataset("target", data=pred.target, compression="gzip", chunks=True)
@@ -125,8 +121,4 @@ def save_predictions(path: str | Path, pred: Predictions, attrs: dict[str, Any])
                              dtype=text)
             for k, v in attrs.items():
                 f.attrs[k] = "" if v is None else str(v)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

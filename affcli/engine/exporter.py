@@ -592,7 +592,9 @@ def _quiet() -> Iterator[None]:
     import io
     import logging
 
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    # (transformers: tracing reads every property, and one logs about a loss we never use)
+    loggers = [logging.getLogger(name)
+               for name in ("onnxscript", "onnx_ir", "torch.onnx", "transformers")]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

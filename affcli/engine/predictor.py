@@ -404,8 +404,8 @@ class OutputWriter:
 
     def write(self, stem: str, points: np.ndarray, scores: np.ndarray,
               title: str | None = None) -> dict[str, Path]:
-        from affcli.data.h5 import atomic_output
         from affcli.data.pointio import write_ply
+        from affcli.fileio import atomic_output
 
         folder = self._folder()
         files = {"ply": write_ply(folder / f"{stem}.ply", points, scores)}

@@ -34,6 +34,7 @@ from affcli.engine import distributed as D
 from affcli.engine.evaluator import autocast, predict, score, to_device
 from affcli.engine.recipes import TrainConfig, learning_rate
 from affcli.errors import AffError
+from affcli.fileio import jsonable, write_json
 from affcli.models.config import load_state
 
 # the dataset a model trains on when neither --data nor a file for it is given
@@ -102,6 +103,10 @@ class Trainer:
         model_cls = models.model_class(cfg.model)
         data = Path(cfg.data) if cfg.data else default_data(model_cls, cfg.setting)
         self.info = check_data(cfg.model, model_cls, data)
+        if cfg.batch_size < model_cls.min_batch_size:
+            raise AffError("--batch-size", f"{cfg.model} trains with batches of at least "
+                           f"{model_cls.min_batch_size} (BatchNorm over the batch), got "
+                           f"{cfg.batch_size}")
         cfg.data = str(data)
         self.val_split = cfg.val_split or ("val" if "val" in self.info.splits else "test")
         if self.val_split not in self.info.splits:
@@ -356,7 +361,7 @@ class Trainer:
         self._save((ckpt.LAST, ckpt.BEST) if improved else (ckpt.LAST,))
         if self.proc.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_plain(record)) + "\n")
+                f.write(json.dumps(jsonable(record)) + "\n")
         return record
 
     def _finish(self) -> dict[str, Any]:
@@ -375,17 +380,5 @@ class Trainer:
                 result = score(pred)
                 result["split"] = cfg.test_split
                 summary["test"] = result
-                (self.run_dir / "test_metrics.json").write_text(
-                    json.dumps(_plain(result), indent=2) + "\n")
+                write_json(self.run_dir / "test_metrics.json", result)
         return summary
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe (NaN and inf become null)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -31,12 +31,14 @@ class AffordanceModel(nn.Module):
     - `dataset_kinds`: the prepared-file kinds (`laso`, `piad`, `agpil`) it can learn from;
     - `train_recipe`: its paper's optimisation settings (fields of engine.recipes.TrainConfig);
     - `forward_batch(batch, points)`: the forward on a collated dataset batch;
-    - `loss(output, target, batch)`: its training objective for one cloud per sample.
+    - `loss(output, target, batch)`: its training objective for one cloud per sample;
+    - `min_batch_size`: the smallest training batch it can take (BatchNorm over the batch).
     """
 
     config_class: type[ModelConfig] = ModelConfig
     dataset_kinds: ClassVar[tuple[str, ...]] = ()
     train_recipe: ClassVar[dict[str, Any]] = {}
+    min_batch_size: ClassVar[int] = 1
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -92,6 +92,7 @@ def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Te
 class IAGNet(ImagePointModel):
     config_class = IAGNetConfig
     dataset_kinds = ("piad", "agpil")
+    min_batch_size = 2  # the affordance head's BatchNorm1d normalises over the batch
     # IAGNet's train.py: Adam, cosine annealing to 1e-6 over the run, batch 16, 2 clouds per
     # image; the loss weights are in affcli.losses (CE 0.3, KL 0.5)
     train_recipe = {"epochs": 80, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-3,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from affcli import __version__
@@ -130,3 +131,26 @@ def test_bench_metrics_runs(run_cli):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["max_abs_difference"] < 1e-6 and doc["ours_s"] > 0 and doc["reference_s"] > 0
+
+
+def test_synth_shapes_writes_loose_ply_files(tmp_path, run_cli):
+    from affcli.data.pointio import read_shape
+    from affcli.data.synth.shapes import SYNTH_CLASSES
+
+    code, out, err = run_cli("synth", "shapes", tmp_path / "s", "-k", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["samples"] == {"shapes": len(SYNTH_CLASSES)}
+    files = sorted((tmp_path / "s").iterdir())
+    assert [f.name for f in files] == sorted(f"{c.lower()}_0.ply" for c in SYNTH_CLASSES)
+    extents = []
+    for f in files:
+        shape = read_shape(f)
+        assert shape.points.shape == (4096, 3) and not shape.properties  # x y z only
+        extents.append(float(np.ptp(shape.points, axis=0).max()))
+    assert 0.2 <= min(extents) and max(extents) <= 2.0 + 1e-5  # each in its own size
+    assert len({round(e, 3) for e in extents}) > 1
+    code, _, err = run_cli("synth", "shapes", tmp_path / "t", "-k", "1", "-q")
+    assert code == 0, err
+    assert _tree_digest(tmp_path / "s") == _tree_digest(tmp_path / "t")  # same seed, same bytes
+    code, _, err = run_cli("synth", "shapes", tmp_path / "u", "-k", "0")
+    assert code == 2 and "at least 1" in err

@@ -110,3 +110,8 @@ def test_bad_options_exit_2(run_cli, prepared, tmp_path):
     assert code == 2 and "fewer than one batch" in err
     code, _, err = run_cli("train", "nosuchmodel")
     assert code == 2 and "unknown model" in err
+    # IAGNet's affordance head normalises over the batch: one sample cannot train it
+    code, _, err = run_cli("train", "iagnet", "--data", prepared("piad"), "--batch-size", "1",
+                           "--out", tmp_path / "r1")
+    assert code == 2 and "--batch-size" in err and "at least 2" in err
+    assert not (tmp_path / "r1").exists()

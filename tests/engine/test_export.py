@@ -25,6 +25,9 @@ from affcli.engine.exporter import ExportCheckError, as_numpy, example_inputs, e
 from affcli.errors import AffError
 
 MODELS = ("pointrefer", "iagnet", "lmaffordance3d")
+# PointRefer's ONNX graph is checked the same way on a trained run, through `affcli export`
+# (test_export_cli.py): one ONNX export of it per suite is enough (each takes ~20 s)
+ONNX_HERE = ("iagnet", "lmaffordance3d")
 POINTS = {"pointrefer": 512, "iagnet": 512, "lmaffordance3d": 2048}
 T = TypeVar("T")
 
@@ -182,7 +185,7 @@ def _other_inputs(model: torch.nn.Module, name: str, b: int, seed: int
     return inputs
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ONNX_HERE)
 def test_onnx_matches_pytorch_at_other_batch_sizes(name, exported):
     import onnx
     import onnxruntime as ort

@@ -283,3 +283,47 @@ def test_stems_conditioning_and_boxes():
         "lmaffordance3d"
     with pytest.raises(Exception, match="mix the inputs"):
         P.Conditioning(question="q", instruction="x").implied_model()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script_env() -> dict[str, str]:
+    """The environment of an example script: affcli of this interpreter on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "OMP_NUM_THREADS": "1"}
+
+
+def test_folder_script_collects_json_lines_and_failures(trained_run, piad_demo, tmp_path):
+    import subprocess
+
+    shapes = tmp_path / "my scans"  # a space in the folder: the script must cope
+    shapes.mkdir()
+    for name in ("Point_Test_Bag_1.txt", "Point_Test_Chair_1.txt"):
+        (shapes / name).write_bytes((piad_demo / name).read_bytes())
+    (tmp_path / "bad").mkdir()
+    bad_files(tmp_path / "bad")["broken"].rename(shapes / "broken.ply")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "examples" / "predict_folder.sh"), str(shapes), QUESTION,
+         str(trained_run)], cwd=tmp_path, env={**_script_env(), "OUT": str(tmp_path / "o")},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr  # one file failed, the others were scored
+    assert "2 scored, 1 failed" in proc.stdout and "broken.ply" in proc.stdout
+    rows = [json.loads(line) for line in (tmp_path / "o" / "predictions.jsonl").open()]
+    assert sorted(Path(r["path"]).name for r in rows) == [
+        "Point_Test_Bag_1.txt", "Point_Test_Chair_1.txt", "broken.ply"]
+    check_outputs(tmp_path / "o", "Point_Test_Chair_1", 2048)
+
+
+def test_api_example_runs(trained_run, piad_demo, tmp_path):
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "predict_api.py"), str(trained_run),
+         str(piad_demo / "Point_Test_Bag_1.txt")], cwd=tmp_path, env=_script_env(),
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "pointrefer from" in proc.stdout and "3000 scores" in proc.stdout
+    assert "error:" in proc.stdout and "at least 3" in proc.stdout  # the AffError shown
+    check_outputs(tmp_path / "predictions", "Point_Test_Bag_1", 2048)

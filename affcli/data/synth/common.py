@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from affcli.data.h5 import current_umask
 from affcli.data.synth.shapes import SYNTH_CLASSES, SynthShape, make_shape
 from affcli.errors import AffError
+from affcli.fileio import current_umask
 
 NUM_POINTS = 2048
 # Stream ids keep the random streams of shapes, photos and text independent of each other,

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from affcli.data.synth.common import output_dir
 from affcli.data.synth.shapes import SYNTH_CLASSES
 from affcli.errors import AffError
 
 DATASETS = ("laso", "piad", "agpil")
+KINDS = (*DATASETS, "shapes")  # shapes: loose PLY files, stand-ins for users' own scans
 DEFAULT_SHAPES_PER_CLASS = 22  # about 1,000 LASO samples
+STREAM_FILES = 5  # its own random stream (see common.py): instances no dataset holds
+FILE_POINTS = 4096  # more than the models' 2048, as scans usually have
 
 
 def synthesize(
@@ -21,12 +26,19 @@ def synthesize(
     force: bool = False,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
 ) -> dict[str, int]:
-    """Write the dataset to `out`; returns the number of samples per setting/split."""
-    if dataset not in DATASETS:
-        raise AffError("DATASET", f"unknown dataset {dataset!r} (choose {', '.join(DATASETS)})")
-    if shapes_per_class < 2:
-        raise AffError("--shapes-per-class", f"must be at least 2, got {shapes_per_class}")
+    """Write the dataset to `out`; returns the number of samples per setting/split (for
+    `shapes`: the number of files)."""
+    if dataset not in KINDS:
+        raise AffError("DATASET", f"unknown dataset {dataset!r} (choose {', '.join(KINDS)})")
+    least = 1 if dataset == "shapes" else 2  # datasets need a train and a test instance
+    if shapes_per_class < least:
+        raise AffError("--shapes-per-class",
+                       f"must be at least {least}, got {shapes_per_class}")
     with output_dir(out, force) as tmp:
+        if dataset == "shapes":
+            progress = progress_factory(len(SYNTH_CLASSES) * shapes_per_class) \
+                if progress_factory else None
+            return {"shapes": write_shape_files(tmp, seed, shapes_per_class, progress)}
         if dataset == "laso":
             from affcli.data.synth.laso import write_laso
 
@@ -39,3 +51,25 @@ def synthesize(
         progress = progress_factory(total_work(dataset, shapes_per_class)) \
             if progress_factory else None
         return write_listed(dataset, tmp, seed, shapes_per_class, progress)
+
+
+def write_shape_files(out: Path, seed: int, per_class: int,
+                      progress: Callable[[int], None] | None = None) -> int:
+    """`<class>_<i>.ply` (binary, x y z only) per class: objects as a user's scan would give
+    them, in their own units and place (a random size of 0.2-2 and offset), to try
+    `affcli predict` on. Returns the number of files."""
+    from affcli.data.pointio import write_ply
+    from affcli.data.synth.common import rng_for, shape_instance
+
+    n = 0
+    for ci, name in enumerate(SYNTH_CLASSES):
+        for i in range(per_class):
+            points = shape_instance(seed, name, i, STREAM_FILES, FILE_POINTS).points
+            rng = rng_for(seed, STREAM_FILES, ci, i, 1)
+            extent = float(np.ptp(points, axis=0).max())
+            points = points * (rng.uniform(0.2, 2.0) / extent) + rng.uniform(-5, 5, 3)
+            write_ply(out / f"{name.lower()}_{i}.ply", points, None)
+            n += 1
+            if progress:
+                progress(1)
+    return n

@@ -1,0 +1,68 @@
+"""Atomic file writing: every output affcli writes goes through `atomic_output`, so a
+failure or Ctrl-C never leaves a half-written file, and files get the permissions the
+user's umask asks for (mkstemp's 0600 is not what users expect of a dataset or checkpoint).
+Also the one JSON-safe conversion every JSON affcli prints or writes goes through."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from affcli.errors import AffError
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(out: str | os.PathLike[str], force: bool = True) -> Iterator[Path]:
+    """Yields a temporary path beside `out`; renamed onto `out` only if the block succeeds.
+
+    A failure (or Ctrl-C) leaves no partial file behind, and an existing output is untouched.
+    With `force` False an existing `out` is an error (exit 2) rather than replaced.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise AffError(out, "output exists; pass --force to overwrite it")
+    if out.exists() and out.is_dir():
+        raise AffError(out, "output is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN/inf become null so every consumer can parse the document."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike[str], doc: Any) -> Path:
+    """`doc` as indented JSON (NaN as null), atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(jsonable(doc), indent=2) + "\n")
+    return Path(path)
