@@ -39,11 +39,12 @@ demo: setup
 		--model runs/demo/pointrefer --question "$(DEMO_QUESTION)" --render \
 		--out runs/demo/predict
 
-# Lint first (ruff clean is part of passing). pytest exits 5 when it collects no test;
+# Lint first (ruff clean is part of passing); the 15 slowest tests are listed so CI logs
+# show where the time goes. pytest exits 5 when it collects no test;
 # that is a failure of the suite, so say so plainly.
 test: setup
 	$(BIN)/ruff check affcli tests
-	@$(BIN)/python -m pytest -q -ra; rc=$$?; \
+	@$(BIN)/python -m pytest -q -ra --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: setup
