@@ -19,7 +19,7 @@ predictor = Predictor.load(run, cond, device="auto", batch_size=8)
 print(f"{predictor.model_type} from {predictor.source}: clouds of {predictor.n_points} points")
 
 # 1) files in, files out (PLY with heatmap colours + score, .npy scores), errors per file
-writer = OutputWriter("predictions", render=False)
+writer = OutputWriter("predictions", render=False, force=True)  # force: reruns replace
 for result in predictor.run(shapes, writer, stems=unique_stems(shapes)):
     print(result.summary())  # the dict `affcli predict --json` prints
 

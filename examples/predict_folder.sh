@@ -13,13 +13,14 @@ OUT=${OUT:-predictions}
 LOG=${LOG:-$OUT/predictions.jsonl}
 mkdir -p "$OUT"
 
+# --force: a rerun replaces this script's own earlier outputs in $OUT
 # find | affcli predict - : file names with spaces are fine, and the argument list never gets
 # too long for a big folder (one model load for all shapes)
 find "$DIR" -maxdepth 1 -type f \
   \( -iname '*.ply' -o -iname '*.obj' -o -iname '*.off' -o -iname '*.stl' -o -iname '*.xyz' \
      -o -iname '*.txt' -o -iname '*.pts' -o -iname '*.csv' -o -iname '*.npy' -o -iname '*.npz' \) \
   | sort \
-  | affcli predict - --question "$QUESTION" ${3:+--model "$3"} --out "$OUT" --json --quiet \
+  | affcli predict - --question "$QUESTION" ${3:+--model "$3"} --out "$OUT" --force --json --quiet \
   > "$LOG"
 code=$?
 

@@ -73,6 +73,8 @@ def predict_cmd(
         help="Output folder (default: the next free runs/predict-N).")] = None,
     render: Annotated[bool, typer.Option(
         "--render", help="Also write a PNG of two views per shape.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite files of the same name already in --out.")] = False,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", help="Shapes per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -101,7 +103,7 @@ def predict_cmd(
         rep.note(f"using the newest run {source} (pass --model to choose)")
     image_input = P.load_image_input(cond)
     pred = P.Predictor.load(source, cond, device, batch_size, image=image_input)
-    writer = P.OutputWriter(out, render=render)
+    writer = P.OutputWriter(out, render=render, force=force)
     total = len(paths) + len(unmatched)
     rep.note(f"predicting {total} shape{'s' if total != 1 else ''} with {pred.model_type} "
              f"({pred.source}, {pred.n_points} points) on {pred.device}")

@@ -380,11 +380,12 @@ class OutputWriter:
     write, so a run where every shape fails leaves nothing behind."""
 
     def __init__(self, out_dir: str | Path | None = None, render: bool = False,
-                 root: str | Path = RUNS_ROOT) -> None:
+                 root: str | Path = RUNS_ROOT, force: bool = False) -> None:
         self._given = None if out_dir is None else Path(out_dir)
         self._root = Path(root)
         self._dir: Path | None = None
         self.render = render
+        self.force = force  # replace files already in a given folder
 
     @property
     def directory(self) -> Path | None:
@@ -408,6 +409,11 @@ class OutputWriter:
         from affcli.fileio import atomic_output
 
         folder = self._folder()
+        kinds = ("ply", "npy", "png") if self.render else ("ply", "npy")
+        taken = [folder / f"{stem}.{k}" for k in kinds if (folder / f"{stem}.{k}").exists()]
+        if taken and not self.force:
+            # checked before writing any, so a shape's files are never half replaced
+            raise AffError(taken[0], "output exists; pass --force to overwrite it")
         files = {"ply": write_ply(folder / f"{stem}.ply", points, scores)}
         npy = folder / f"{stem}.npy"
         with atomic_output(npy, force=True) as tmp, open(tmp, "wb") as f:
@@ -526,6 +532,8 @@ class Predictor:
                     try:
                         res.outputs = writer.write(chunk[i][1], prep.points, res.scores,
                                                    f"{Path(chunk[i][0]).name} ({self.title()})")
+                    except AffError as exc:
+                        res.error = exc
                     except OSError as exc:
                         res.error = AffError(writer.directory, f"cannot write the outputs of "
                                              f"{chunk[i][0]} ({exc.strerror or exc})")

@@ -327,3 +327,19 @@ def test_api_example_runs(trained_run, piad_demo, tmp_path):
     assert "pointrefer from" in proc.stdout and "3000 scores" in proc.stdout
     assert "error:" in proc.stdout and "at least 3" in proc.stdout  # the AffError shown
     check_outputs(tmp_path / "predictions", "Point_Test_Bag_1", 2048)
+
+
+def test_existing_outputs_are_kept_unless_force(run_cli, trained_run, piad_demo, tmp_path):
+    shape = piad_demo / "Point_Test_Bag_1.txt"
+    args = ("predict", shape, "--model", trained_run, "--question", QUESTION, "--out",
+            tmp_path / "o", "-q")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    npy = tmp_path / "o" / "Point_Test_Bag_1.npy"
+    npy.write_bytes(b"mine")
+    code, _, err = run_cli(*args)
+    assert code == 2 and "Point_Test_Bag_1" in err and "--force" in err
+    assert npy.read_bytes() == b"mine"  # neither file of the shape was replaced
+    code, _, err = run_cli(*args, "--force")
+    assert code == 0, err
+    check_outputs(tmp_path / "o", "Point_Test_Bag_1", 2048)
