@@ -14,8 +14,8 @@ import typer
 from typer._click import exceptions as click_exc  # typer vendors its own click
 
 from affcli import __version__
+from affcli.console import print_error
 from affcli.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, AffError
-from affcli.render import print_error
 
 app = typer.Typer(
     name="affcli",
@@ -48,14 +48,14 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `affcli --version` stays cheap and modules stay independent.
-    from affcli.cli import bench, export, models, predict, prepare, synth, train
+    from affcli.cli import bench, export, import_checkpoint, predict, prepare, synth, train
 
     synth.register(app)
     prepare.register(app)
     train.register(app)
     predict.register(app)
     export.register(app)
-    models.register(app)
+    import_checkpoint.register(app)
     bench.register(app)
 
 

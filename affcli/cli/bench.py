@@ -28,7 +28,7 @@ def loader_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Samples/s through our HDF5 datasets vs parsing raw files per sample (reference style)."""
-    from affcli.engine.bench import bench_loader, geometric_mean
+    from affcli.bench.runs import bench_loader, geometric_mean
 
     chosen = [d.lower() for d in (dataset or ["laso", "piad", "agpil"])]
     bad = [d for d in chosen if d not in ("laso", "piad", "agpil")]
@@ -64,7 +64,7 @@ def ops_cmd(
 ) -> None:
     """FPS, ball query, gathers, 3-NN interpolation and the PointNet++ encoder: our CPU path
     (and Triton on CUDA) vs the reference utility's algorithms, FPS vs fpsample."""
-    from affcli.engine.bench import bench_ops
+    from affcli.bench.runs import bench_ops
 
     if batch_size < 1 or repeats < 1:
         raise AffError("--batch-size/--repeats", "must be at least 1")
@@ -103,7 +103,7 @@ def metrics_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """MAE, SIM, AUC and aIoU: vectorised torch vs the reference's per-sample sklearn loop."""
-    from affcli.engine.bench import bench_metrics
+    from affcli.bench.runs import bench_metrics
 
     if samples < 1 or points < 2:
         raise AffError("--samples/--points", "need at least 1 sample of 2 points")
@@ -134,7 +134,7 @@ def train_cmd(
     import torch
 
     from affcli import models
-    from affcli.engine.bench import bench_train
+    from affcli.bench.runs import bench_train
 
     chosen = [m.lower() for m in (model or ["pointrefer", "iagnet", "lmaffordance3d"])]
     for m in chosen:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.render import Reporter
+from affcli.console import Reporter
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")

@@ -15,8 +15,8 @@ from affcli.cli.common import QuietOpt, reporter
 from affcli.errors import AffError
 
 if TYPE_CHECKING:
+    from affcli.console import Reporter
     from affcli.engine.predictor import ShapeResult
-    from affcli.render import Reporter
 
 GLOB_CHARS = frozenset("*?[")
 PROGRESS_FROM = 5  # shapes: fewer finish before a bar would tell anything

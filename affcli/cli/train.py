@@ -68,9 +68,9 @@ def train_cmd(
         code = D.launch(nproc, _without_nproc(current_args()))
         raise typer.Exit(code)
 
+    from affcli.console import TrainDisplay, metric_tables
     from affcli.engine.recipes import resolve
     from affcli.engine.trainer import Interrupted, Trainer
-    from affcli.render import TrainDisplay, metric_tables
 
     given = {"data": str(data) if data else None, "setting": setting, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "text_lr": text_lr,
@@ -79,7 +79,7 @@ def train_cmd(
              "amp": amp, "seed": seed, "workers": workers, "max_batches": max_batches,
              "out": str(out) if out else None}
     if set_:
-        from affcli.cli.models import parse_overrides
+        from affcli.cli.import_checkpoint import parse_overrides
 
         given["model_config"] = parse_overrides(set_)
     if resume is not None:
@@ -180,13 +180,13 @@ def eval_cmd(
 ) -> None:
     """Score a trained model on a split: per-class and per-affordance tables, or JSON."""
     from affcli import models
+    from affcli.console import metric_tables
     from affcli.data.datasets import open_dataset
     from affcli.engine import distributed as D
     from affcli.engine.checkpoint import load_model
     from affcli.engine.evaluator import constant_baseline, predict, score
     from affcli.engine.evaluator import save_predictions as save
     from affcli.engine.trainer import check_data
-    from affcli.render import metric_tables
 
     if batch_size < 1:
         raise AffError("--batch-size", f"must be at least 1, got {batch_size}")

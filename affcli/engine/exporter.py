@@ -167,9 +167,9 @@ _WRAPPERS: dict[str, type[ExportWrapper]] = {
 
 
 # where each model type's config class lives (imported on use, as the registry does)
-_CONFIGS = {"pointrefer": ("affcli.models.pointrefer", "PointReferConfig"),
-            "iagnet": ("affcli.models.iagnet", "IAGNetConfig"),
-            "lmaffordance3d": ("affcli.models.lmaffordance3d", "LMAffordance3DConfig")}
+_CONFIGS = {"pointrefer": ("affcli.models.zoo.pointrefer", "PointReferConfig"),
+            "iagnet": ("affcli.models.zoo.iagnet", "IAGNetConfig"),
+            "lmaffordance3d": ("affcli.models.zoo.lmaffordance3d", "LMAffordance3DConfig")}
 # the config as JSON, stored in every export: ONNX metadata_props key / TorchScript extra file
 CONFIG_KEY = "affcli.config"
 TORCHSCRIPT_CONFIG = "affcli_config.json"
@@ -273,10 +273,10 @@ def tokenize(source: Source, texts: str | Sequence[str]) -> dict[str, torch.Tens
     if isinstance(source, nn.Module):
         return source.tokenize(texts)
     if config.model_type == "pointrefer":
-        from affcli.models.pointrefer import tokenize_questions
+        from affcli.models.zoo.pointrefer import tokenize_questions
 
         return tokenize_questions(_tokenizer(config.text_encoder), texts, config.text_tokens)
-    from affcli.models.lmaffordance3d import tokenize_instructions
+    from affcli.models.zoo.lmaffordance3d import tokenize_instructions
 
     return tokenize_instructions(_tokenizer(config.language_model), texts, config.text_tokens)
 

@@ -420,7 +420,7 @@ class OutputWriter:
             np.save(f, np.asarray(scores, np.float32))  # a handle: np.save adds .npy to names
         files["npy"] = npy
         if self.render:
-            from affcli.viz import render_views
+            from affcli.views import render_views
 
             files["png"] = render_views(points, scores, folder / f"{stem}.png", title)
         return files

@@ -18,8 +18,8 @@ from affcli.models.config import ModelConfig, load_state, load_weights, read_con
 
 _REGISTRY: dict[str, tuple[type[ModelConfig], Callable[[Any], torch.nn.Module]]] = {}
 # name -> module that registers it, imported on first use (importing a model may be slow)
-_LAZY = {"pointrefer": "affcli.models.pointrefer", "iagnet": "affcli.models.iagnet",
-         "lmaffordance3d": "affcli.models.lmaffordance3d"}
+_LAZY = {"pointrefer": "affcli.models.zoo.pointrefer", "iagnet": "affcli.models.zoo.iagnet",
+         "lmaffordance3d": "affcli.models.zoo.lmaffordance3d"}
 
 
 def register(name: str, config_cls: type[ModelConfig]) -> Callable[[type], type]:
@@ -79,6 +79,6 @@ def from_pretrained(directory: str | Path, **overrides: Any) -> torch.nn.Module:
 def from_reference_state_dict(name: str, state_dict: dict[str, torch.Tensor], **overrides: Any
                               ) -> torch.nn.Module:
     """Our model `name` holding an official checkpoint's weights (see models.reference)."""
-    from affcli.models.reference import from_reference_state_dict as convert
+    from affcli.models.official import from_reference_state_dict as convert
 
     return convert(name, state_dict, **overrides)

@@ -7,7 +7,7 @@ portable path (ops/portable.py: plain differentiable torch, same indices as the 
 it is always used while tracing, scripting or exporting (see `exporting()`), because neither
 numba nor Triton kernels can be recorded into a graph.
 
-Semantics (identical in every backend; `tests/ops/reference.py` spells them out):
+Semantics (identical in every backend; `tests/ops/oracle.py` spells them out):
 - farthest_point_sample: start at `start`, then repeatedly the point farthest (squared
   Euclidean) from those chosen; ties go to the lowest index.
 - ball_query: the first k indices, in index order, with squared distance <= radius^2 (as the

@@ -1,7 +1,7 @@
 """The portable path: every op as plain, differentiable torch, so that the models trace,
 script and export (ONNX, TorchScript, torch.export) and run on any device torch supports.
 
-The indices are exactly those of the CPU path (tests/ops/reference.py spells the semantics
+The indices are exactly those of the CPU path (tests/ops/oracle.py spells the semantics
 out): squared distances are rounded the same way (dx*dx + dy*dy + dz*dz in float32, added
 left to right, never a matrix-product expansion), and every selection is written with
 first-index tie-breaking that ONNX specifies too (ArgMax / ArgMin select the first

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affcli.data.synth.render import (
+from affcli.data.synth.photos import (
     Camera,
     project_points,
     render_interaction,

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from affcli import models, ops
+from affcli.bench.runs import realistic_clouds
 from affcli.engine import exporter
-from affcli.engine.bench import realistic_clouds
 from affcli.engine.exporter import ExportCheckError, as_numpy, example_inputs, export_wrapper
 from affcli.errors import AffError
 

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from affcli.bench.runs import realistic_clouds
 from affcli.cli.export import default_output
 from affcli.engine import exporter
-from affcli.engine.bench import realistic_clouds
 from affcli.engine.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import torch
 
 import affcli.models as models
 from affcli.data.synth.shapes import make_shape
-from affcli.models.pointrefer import PointRefer, PointReferConfig
+from affcli.models.zoo.pointrefer import PointRefer, PointReferConfig
 
 N = 512
 QUESTIONS = ["Where would you grasp this mug to lift it up?", "Where to sit?"]

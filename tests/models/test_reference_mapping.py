@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from affcli import models
-from affcli.models.reference import convert_state_dict, iagnet_key
+from affcli.models.official import convert_state_dict, iagnet_key
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -107,7 +107,7 @@ def test_import_checkpoint_errors(tmp_path, run_cli):
 
 def test_lmaffordance3d_reference_keys_all_map():
     from affcli.models import from_reference_state_dict
-    from affcli.models.reference import lmaffordance3d_key
+    from affcli.models.official import lmaffordance3d_key
 
     doc = json.loads((FIXTURES / "lmaffordance3d_reference_keys.json").read_text())
     g = torch.Generator().manual_seed(3)
@@ -136,7 +136,7 @@ def test_lmaffordance3d_reference_keys_all_map():
 
 
 def test_pointrefer_reference_keys_all_map():
-    from affcli.models.reference import from_reference_state_dict, pointrefer_key
+    from affcli.models.official import from_reference_state_dict, pointrefer_key
 
     doc = json.loads((FIXTURES / "pointrefer_reference_keys.json").read_text())
     model = models.build("pointrefer")

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from affcli.engine import baseline_ops
+from affcli.bench import baseline_ops
 from affcli.nn.pointnet2 import (
     EncoderConfig,
     FeaturePropagation,

@@ -1,4 +1,4 @@
-"""The CPU path of every op against the naive float64 reference (tests/ops/reference.py)."""
+"""The CPU path of every op against the naive float64 reference (tests/ops/oracle.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import reference as ref  # noqa: E402
+import oracle as ref  # noqa: E402
 
 from affcli import ops  # noqa: E402
-from affcli.engine import baseline_ops  # noqa: E402
+from affcli.bench import baseline_ops  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from affcli.ops import cpu  # noqa: E402
 from affcli.ops import triton as tri  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-import reference  # noqa: E402
+import oracle  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -83,7 +83,7 @@ def test_fps_matches_reference_and_cpu(b: int, n_pts: int, n: int) -> None:
     starts = _starts(b, n_pts, seed=n)
     got = tri.farthest_point_sample(xyz, n, starts)
     assert got.device == xyz.device
-    _same(got, reference.farthest_point_sample(xyz, n, starts.cpu()))
+    _same(got, oracle.farthest_point_sample(xyz, n, starts.cpu()))
     _same(got, cpu.farthest_point_sample(xyz.cpu(), n, starts.cpu()))
     assert all(len(set(row.tolist())) == n for row in got)  # distinct points: no repeats
 
@@ -94,7 +94,7 @@ def test_fps_tiled_path(b: int, n_pts: int, n: int) -> None:
     xyz = _rand(b, n_pts, 3, seed=7 + n_pts)
     starts = _starts(b, n_pts, seed=3)
     _same(tri.farthest_point_sample(xyz, n, starts),
-          reference.farthest_point_sample(xyz, n, starts.cpu()))
+          oracle.farthest_point_sample(xyz, n, starts.cpu()))
 
 
 @pytest.mark.parametrize("tiled", [False, True])
@@ -107,7 +107,7 @@ def test_fps_exact_ties_take_lowest_index(tiled: bool, monkeypatch: pytest.Monke
     xyz = _grid_points(2, 90, 3, seed=11)
     starts = torch.tensor([0, 89], device=DEVICE)
     got = tri.farthest_point_sample(xyz, 40, starts)
-    _same(got, reference.farthest_point_sample(xyz, 40, starts.cpu()))
+    _same(got, oracle.farthest_point_sample(xyz, 40, starts.cpu()))
     _same(got, cpu.farthest_point_sample(xyz.cpu(), 40, starts.cpu()))
 
 
@@ -122,7 +122,7 @@ def test_ball_query_matches_reference_and_cpu(b: int, n_pts: int, m: int, k: int
     centers = _rand(b, m, 3, seed=m + k)
     got = tri.ball_query(xyz, centers, radius, k)
     assert got.device == xyz.device
-    _same(got, reference.ball_query(xyz, centers, radius, k))
+    _same(got, oracle.ball_query(xyz, centers, radius, k))
     _same(got, cpu.ball_query(xyz.cpu(), centers.cpu(), radius, k))
 
 
@@ -132,7 +132,7 @@ def test_ball_query_covers_full_padded_and_empty_rows() -> None:
     centers = _rand(2, 64, 3, seed=6) * 1.6 - 0.3
     k, radius = 8, 0.25
     got = tri.ball_query(xyz, centers, radius, k)
-    _same(got, reference.ball_query(xyz, centers, radius, k))
+    _same(got, oracle.ball_query(xyz, centers, radius, k))
     _same(got, cpu.ball_query(xyz.cpu(), centers.cpu(), radius, k))
     d2 = torch.cdist(centers.double().cpu(), xyz.double().cpu()) ** 2
     found = (d2 <= radius**2).sum(-1)
@@ -145,7 +145,7 @@ def test_ball_query_tiny_radius_finds_only_the_centre() -> None:
     centers = torch.gather(xyz, 1, which.unsqueeze(-1).expand(-1, -1, 3))
     got = tri.ball_query(xyz, centers, 1e-6, 4)
     _same(got, which.unsqueeze(-1).expand(-1, -1, 4).contiguous())
-    _same(got, reference.ball_query(xyz, centers, 1e-6, 4))
+    _same(got, oracle.ball_query(xyz, centers, 1e-6, 4))
 
 
 def test_ball_query_nothing_in_range_gives_zeros() -> None:
@@ -161,7 +161,7 @@ def test_ball_query_boundary_and_duplicates() -> None:
     centers = _grid_points(2, 20, 3, seed=32)
     for radius, k in ((1.0, 16), (1.5, 4), (0.5, 1)):
         got = tri.ball_query(xyz, centers, radius, k)
-        _same(got, reference.ball_query(xyz, centers, radius, k))
+        _same(got, oracle.ball_query(xyz, centers, radius, k))
         _same(got, cpu.ball_query(xyz.cpu(), centers.cpu(), radius, k))
 
 
@@ -175,7 +175,7 @@ def test_three_nn_matches_reference_and_cpu(b: int, n: int, m: int) -> None:
     dist, idx = tri.three_nn(unknown, known)
     assert dist.dtype == torch.float32 and idx.dtype == torch.int64
     assert dist.device == unknown.device
-    ref_dist, ref_idx = reference.three_nn(unknown, known)
+    ref_dist, ref_idx = oracle.three_nn(unknown, known)
     _same(idx, ref_idx)
     _close(dist, ref_dist)
     cpu_dist, cpu_idx = cpu.three_nn(unknown.cpu(), known.cpu())
@@ -188,7 +188,7 @@ def test_three_nn_exact_ties_take_lower_index() -> None:
     unknown = _grid_points(2, 40, 3, seed=41) * 0.5
     known = _grid_points(2, 150, 3, seed=42)
     dist, idx = tri.three_nn(unknown, known)
-    ref_dist, ref_idx = reference.three_nn(unknown, known)
+    ref_dist, ref_idx = oracle.three_nn(unknown, known)
     _same(idx, ref_idx)
     _close(dist, ref_dist)
     _same(idx, cpu.three_nn(unknown.cpu(), known.cpu())[1])
@@ -218,7 +218,7 @@ def test_gather_group_forward_and_backward(dtype: torch.dtype, b: int, c: int, n
     out = tri.gather_group(features, idx)
     assert out.dtype == dtype and out.device == features.device
     _same(out, cpu.gather_group(features.cpu(), idx.cpu()))
-    _close(out, reference.gather_group(features, idx.cpu()))
+    _close(out, oracle.gather_group(features, idx.cpu()))
 
     grad = _randn(b, c, m, k, seed=99, dtype=dtype)
     back = tri.gather_group_backward(grad, idx, n)
@@ -236,7 +236,7 @@ def test_three_interpolate_forward_and_backward(dtype: torch.dtype, b: int, c: i
     weight = _rand(b, n, 3, seed=n + 1, dtype=dtype)
     out = tri.three_interpolate(features, idx, weight)
     assert out.dtype == dtype and out.device == features.device
-    _close(out, reference.three_interpolate(features, idx.cpu(), weight))
+    _close(out, oracle.three_interpolate(features, idx.cpu(), weight))
     _close(out, cpu.three_interpolate(features.cpu(), idx.cpu(), weight.cpu()))
 
     grad = _randn(b, c, n, seed=77, dtype=dtype)
@@ -278,19 +278,19 @@ def test_public_searches_dispatch_to_triton_with_non_contiguous_inputs(
 
     fps = ops.farthest_point_sample(xyz, 20, start=3)
     starts = torch.full((2,), 3, dtype=torch.int64)
-    _same(fps, reference.farthest_point_sample(xyz.contiguous(), 20, starts))
+    _same(fps, oracle.farthest_point_sample(xyz.contiguous(), 20, starts))
 
     torch.manual_seed(1234)
     fps_random = ops.farthest_point_sample(xyz, 20, start=None)
     torch.manual_seed(1234)
     starts = torch.randint(0, 120, (2,), dtype=torch.int64)  # what the public op draws
-    _same(fps_random, reference.farthest_point_sample(xyz.contiguous(), 20, starts))
+    _same(fps_random, oracle.farthest_point_sample(xyz.contiguous(), 20, starts))
 
     balls = ops.ball_query(xyz, centers, 0.3, 8)
-    _same(balls, reference.ball_query(xyz.contiguous(), centers.contiguous(), 0.3, 8))
+    _same(balls, oracle.ball_query(xyz.contiguous(), centers.contiguous(), 0.3, 8))
 
     dist, idx = ops.three_nn(unknown, xyz)
-    ref_dist, ref_idx = reference.three_nn(unknown.contiguous(), xyz.contiguous())
+    ref_dist, ref_idx = oracle.three_nn(unknown.contiguous(), xyz.contiguous())
     _same(idx, ref_idx)
     _close(dist, ref_dist)
     assert force_triton == ["farthest_point_sample", "farthest_point_sample", "ball_query",
@@ -306,7 +306,7 @@ def test_public_gathers_dispatch_to_triton_with_non_contiguous_inputs(
     assert not (features.is_contiguous() or idx.is_contiguous())
 
     out = ops.gather_group(features, idx32)
-    _close(out, reference.gather_group(features, idx.cpu()))
+    _close(out, oracle.gather_group(features, idx.cpu()))
     grad = _randn(*out.shape, seed=63, dtype=dtype)
     out.backward(grad)
     _close(features.grad, _scatter_reference(grad, idx, 30))
@@ -315,12 +315,12 @@ def test_public_gathers_dispatch_to_triton_with_non_contiguous_inputs(
     weight = _rand(2, 3, 50, seed=65, dtype=dtype).transpose(1, 2).requires_grad_()
     feats = features.detach().clone().requires_grad_()
     out = ops.three_interpolate(feats, nn_idx, weight)
-    _close(out, reference.three_interpolate(feats, nn_idx.cpu(), weight))
+    _close(out, oracle.three_interpolate(feats, nn_idx.cpu(), weight))
     grad = _randn(*out.shape, seed=66, dtype=dtype)
     out.backward(grad)
     spread = grad.cpu().double().unsqueeze(-1) * weight.detach().cpu().double().unsqueeze(1)
     _close(feats.grad, _scatter_reference(spread, nn_idx, 30))
-    picked = reference.gather_group(feats, nn_idx.cpu())  # [B, C, n, 3]
+    picked = oracle.gather_group(feats, nn_idx.cpu())  # [B, C, n, 3]
     _close(weight.grad, (picked * grad.cpu().double().unsqueeze(-1)).sum(1))
     assert force_triton == ["gather_group", "gather_group_backward", "three_interpolate",
                             "three_interpolate_backward", "gather_group"]

@@ -23,7 +23,7 @@ from affcli.data.synth.common import (
     shape_instance,
     split_shapes,
 )
-from affcli.data.synth.render import render_interaction
+from affcli.data.synth.photos import render_interaction
 from affcli.data.synth.shapes import CLASS_AFFORDANCES, SYNTH_CLASSES, SynthShape
 from affcli.data.synth.text import instruction
 

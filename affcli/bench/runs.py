@@ -45,7 +45,7 @@ def bench_loader(
 ) -> list[dict[str, Any]]:
     """Samples/s of the reference-style raw loaders vs our HDF5 datasets on a synth set,
     both read through a DataLoader with batch size 16 in one process."""
-    from affcli.engine.baselines import RawLaso, RawListed
+    from affcli.bench.baselines import RawLaso, RawListed
 
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -142,7 +142,7 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
     import torch
 
     from affcli import ops
-    from affcli.engine import baseline_ops as ref
+    from affcli.bench import baseline_ops as ref
     from affcli.nn.pointnet2 import EncoderConfig, _gather_rows
 
     if num_points < 512:
@@ -247,7 +247,7 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
 def _bench_encoder(xyz: Any, repeats: int, devices: list) -> list[dict[str, Any]]:
     import torch
 
-    from affcli.engine import baseline_ops as ref
+    from affcli.bench import baseline_ops as ref
     from affcli.nn.pointnet2 import PointNet2Encoder
 
     torch.manual_seed(0)

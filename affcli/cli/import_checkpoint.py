@@ -30,7 +30,7 @@ def import_checkpoint_cmd(
     """Map an official checkpoint's weights onto affcli's model and save it."""
     import warnings
 
-    from affcli.models.reference import from_reference_state_dict, load_reference_checkpoint
+    from affcli.models.official import from_reference_state_dict, load_reference_checkpoint
 
     if out.exists() and any(out.iterdir()) and not force:
         raise AffError(out, "exists and is not empty; pass --force to overwrite")

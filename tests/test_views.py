@@ -1,4 +1,4 @@
-"""affcli.viz.render_views: a PNG of the requested size, showing the points in heatmap colours."""
+"""affcli.views.render_views: a PNG of the requested size, showing the points in heatmap colours."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from affcli.data.pointio import HEATMAP_CMAP
-from affcli.viz import render_views
+from affcli.views import render_views
 
 
 def sphere(n: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Benchmarks and the reference-style baselines they compare against (not the engine)."""

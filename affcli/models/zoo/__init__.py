@@ -1,0 +1,1 @@
+"""The built-in models: every module here registers one model (see affcli.models)."""
