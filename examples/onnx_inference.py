@@ -18,14 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from affcli import models
 from affcli.engine import exporter
-from affcli.engine.predictor import (
-    Conditioning,
-    interpolate_scores,
-    load_image_input,
-    parse_box,
-    prepare_shape,
-)
+from affcli.engine.predictor import interpolate_scores, prepare_shape
+from affcli.models.inputs import conditioning_item, parse_box
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("onnx", type=Path)
@@ -38,21 +34,24 @@ parser.add_argument("--object-box")
 args = parser.parse_args()
 
 config = exporter.read_config(args.onnx)  # model type, points per cloud, text model
+model_cls = models.model_class(config.model_type)  # its declared inputs (no weights loaded)
 session = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
-cond = Conditioning(question=args.question, instruction=args.instruction, image=args.image,
-                    boxes=args.boxes,
-                    object_box=parse_box(args.object_box) if args.object_box else None)
-cond.check_for(config.model_type)  # the inputs this model needs, named if missing
-image = load_image_input(cond)  # [3, 224, 224] normalised, boxes in its pixels
+given = {"question": args.question, "instruction": args.instruction, "image": args.image,
+         "boxes": args.boxes,
+         "object_box": parse_box(args.object_box) if args.object_box else None}
+values = {k: v for k, v in given.items() if v is not None}
+model_cls.check_inputs(values)  # the inputs this model needs, named if missing
+# texts as given; the image [3, 224, 224] normalised, its boxes in the resized image's pixels
+item = conditioning_item(model_cls.inputs, values)
+text_input = model_cls.text_input()
 
 for path in args.shapes:
     # resampled to the model's cloud size and normalised as in training
     shape = prepare_shape(path, config.n_points)
     feed = exporter.graph_inputs(
-        args.onnx, shape.sample, text=cond.question or cond.instruction,
-        image=None if image is None else image.image,
-        subject_box=None if image is None else image.subject_box,
-        object_box=None if image is None else image.object_box)
+        args.onnx, shape.sample, text=item[text_input.name] if text_input else None,
+        image=item.get("image"), subject_box=item.get("subject_box"),
+        object_box=item.get("object_box"))
     heatmap = session.run(["heatmap"], exporter.as_numpy(feed))[0][0]  # [n_points]
     # back onto every point of the file (3-NN inverse-distance interpolation)
     scores = interpolate_scores(shape.sample, heatmap, shape.normalized)

@@ -12,9 +12,10 @@ from affcli.errors import AffError
 
 run, *shapes = sys.argv[1:] or ["runs/pointrefer/seen-1"]
 cond = Conditioning(question="Where would you grasp this object?")
-# IAGNet:         Conditioning(image=Path("img.jpg"), boxes=Path("img.json"))
-#             or  Conditioning(image=..., object_box=parse_box("10,20,200,300"))
-# LMAffordance3D: Conditioning(image=Path("img.jpg"), instruction="Pick up the mug.")
+# The keywords are the model's declared input names (`affcli models --json` lists them):
+# IAGNet:         Conditioning(image="img.jpg", boxes="img.json")
+#             or  Conditioning(image=..., object_box=(10, 20, 200, 300))
+# LMAffordance3D: Conditioning(image="img.jpg", instruction="Pick up the mug.")
 predictor = Predictor.load(run, cond, device="auto", batch_size=8)
 print(f"{predictor.model_type} from {predictor.source}: clouds of {predictor.n_points} points")
 

@@ -12,13 +12,41 @@ import traceback
 
 import typer
 from typer._click import exceptions as click_exc  # typer vendors its own click
+from typer.core import TyperGroup
 
 from affcli import __version__
 from affcli.console import print_error
 from affcli.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, AffError
 
+
+class AffcliGroup(TyperGroup):
+    """The root command group. Commands whose options come from the registered models
+    (`predict`: one option per declared input) are built when first asked for, so that
+    `affcli --version`, `synth` and `prepare` never import the models."""
+
+    lazy = {"predict": "affcli.cli.predict"}  # name -> module with build_command()
+    after = {"predict": "train"}  # where each appears in the help's command list
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        names = list(super().list_commands(ctx))
+        for name, neighbour in self.after.items():
+            if name not in names:
+                names.insert(names.index(neighbour) + 1 if neighbour in names else len(names),
+                             name)
+        return names
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):  # type: ignore[override]
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            self.commands[cmd_name] = importlib.import_module(self.lazy[cmd_name]
+                                                              ).build_command()
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
     name="affcli",
+    cls=AffcliGroup,
     help="3D object affordance grounding: prepare datasets, train, evaluate, predict, export.",
     no_args_is_help=True,
     add_completion=False,
@@ -48,14 +76,14 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `affcli --version` stays cheap and modules stay independent.
-    from affcli.cli import bench, export, import_checkpoint, predict, prepare, synth, train
+    from affcli.cli import bench, export, import_checkpoint, model_list, prepare, synth, train
 
     synth.register(app)
     prepare.register(app)
     train.register(app)
-    predict.register(app)
     export.register(app)
     import_checkpoint.register(app)
+    model_list.register(app)
     bench.register(app)
 
 

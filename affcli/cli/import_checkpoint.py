@@ -30,12 +30,17 @@ def import_checkpoint_cmd(
     """Map an official checkpoint's weights onto affcli's model and save it."""
     import warnings
 
-    from affcli.models.official import from_reference_state_dict, load_reference_checkpoint
+    from affcli.models.official import (
+        from_reference_state_dict,
+        load_reference_checkpoint,
+        require_mapping,
+    )
 
     if out.exists() and any(out.iterdir()) and not force:
         raise AffError(out, "exists and is not empty; pass --force to overwrite")
     rep = reporter(json_out, quiet)
     overrides = parse_overrides(set_ or [])
+    require_mapping(model)  # before reading a file that could not be used anyway
     state = load_reference_checkpoint(file)
     with warnings.catch_warnings():
         # the image backbone's random init is overwritten by the checkpoint at once

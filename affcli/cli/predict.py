@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import glob
+import inspect
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
@@ -15,6 +18,8 @@ from affcli.cli.common import QuietOpt, reporter
 from affcli.errors import AffError
 
 if TYPE_CHECKING:
+    import click
+
     from affcli.console import Reporter
     from affcli.engine.predictor import ShapeResult
 
@@ -22,8 +27,62 @@ GLOB_CHARS = frozenset("*?[")
 PROGRESS_FROM = 5  # shapes: fewer finish before a bar would tell anything
 
 
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_cmd)
+def build_command() -> click.Command:
+    """The `predict` command with one option per conditioning input the registered models
+    declare (built on first use: it imports the models, which `affcli --version`, `synth`
+    or `prepare` must not pay for)."""
+    sub = typer.Typer(rich_markup_mode="rich", add_completion=False)
+    sub.command("predict")(with_input_options(predict_cmd))
+    return typer.main.get_command(sub)
+
+
+def input_options() -> dict[str, tuple[Any, list[str]]]:
+    """Input name -> (its declaration, the models that take it), over every registered
+    model; the first declaration of a name gives its kind and help."""
+    from affcli import models
+
+    static = set(inspect.signature(predict_cmd).parameters)
+    options: dict[str, tuple[Any, list[str]]] = {}
+    for name in models.available():
+        for spec in models.model_class(name).inputs:
+            if spec.name in static:
+                warnings.warn(f"model {name!r} declares an input {spec.name!r}, a name predict "
+                              "uses for its own option; it cannot be given on the command line",
+                              stacklevel=2)
+                continue
+            first, users = options.setdefault(spec.name, (spec, []))
+            if first.kind != spec.kind:
+                warnings.warn(f"model {name!r} declares {spec.option} as {spec.kind}, but "
+                              f"{users[0]} as {first.kind}; predict keeps the first",
+                              stacklevel=2)
+                continue
+            users.append(name)
+    return options
+
+
+def with_input_options(func: Any) -> Any:
+    """`func` with its `**inputs` replaced by one keyword option per declared input, so
+    Typer builds (and documents) them like any other option."""
+    sig = inspect.signature(func, eval_str=True)
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        return func(**kwargs)
+
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    tail = next(i for i, p in enumerate(params) if p.name == "out")
+    added = []
+    for spec, users in input_options().values():
+        example = f" E.g. {spec.example!r}." if spec.example else ""
+        text = f"{', '.join(users)}: {spec.help}.{example}"
+        option = typer.Option(spec.option, help=text, show_default=False)
+        added.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=Annotated[str | None, option]))
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= 1 else p
+              for i, p in enumerate(params)]
+    command.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=params[:tail] + added + params[tail:])
+    return command
 
 
 def expand_shapes(args: list[str], stdin: TextIO | None = None
@@ -56,19 +115,7 @@ def predict_cmd(
         "`-` reads paths from stdin, one a line.", show_default=False)],
     model: Annotated[Path | None, typer.Option(
         help="Run folder (best.pt), checkpoint file or pretrained directory. Default: the "
-        "newest run under runs/<model>/ for the model the other options imply.")] = None,
-    question: Annotated[str | None, typer.Option(
-        help="PointRefer: the question, e.g. 'Where would you grasp this mug?'.")] = None,
-    image: Annotated[Path | None, typer.Option(
-        help="IAGNet / LMAffordance3D: the interaction image (JPEG or PNG).")] = None,
-    boxes: Annotated[Path | None, typer.Option(
-        help="IAGNet: LabelMe JSON with rectangles labelled subject and object.")] = None,
-    subject_box: Annotated[str | None, typer.Option(
-        "--subject-box", help="IAGNet: the subject's box x1,y1,x2,y2 in image pixels.")] = None,
-    object_box: Annotated[str | None, typer.Option(
-        "--object-box", help="IAGNet: the object's box x1,y1,x2,y2 in image pixels.")] = None,
-    instruction: Annotated[str | None, typer.Option(
-        help="LMAffordance3D: the instruction, e.g. 'Pick up the mug.'.")] = None,
+        "newest run under runs/<model>/ of the models the conditioning options fit.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default: the next free runs/predict-N).")] = None,
     render: Annotated[bool, typer.Option(
@@ -82,27 +129,30 @@ def predict_cmd(
         "--json", help="One JSON line per shape on stdout (scores summary and output files, "
         "or the error).")] = False,
     quiet: QuietOpt = False,
+    **inputs: Any,
 ) -> None:
-    """Score every point of your own shape files: a heatmap PLY and the scores per shape."""
+    """Score every point of your own shape files: a heatmap PLY and the scores per shape.
+    The conditioning options are the inputs of the installed models (each option names the
+    models that take it)."""
     from affcli.engine import predictor as P
+    from affcli.models.inputs import check_files, parse_box
 
-    if batch_size < 1:
-        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
-    cond = P.Conditioning(
-        question=question, instruction=instruction, image=image, boxes=boxes,
-        subject_box=P.parse_box(subject_box, "--subject-box") if subject_box else None,
-        object_box=P.parse_box(object_box, "--object-box") if object_box else None)
+    specs = {name: spec for name, (spec, _) in input_options().items()}
+    values = {name: parse_box(v, specs[name].option) if specs[name].kind == "box" else v
+              for name, v in inputs.items() if v is not None}
+    cond = P.Conditioning(**values)
     rep = reporter(json_out, quiet)
     paths, unmatched = expand_shapes(shapes)
     if not paths and not unmatched:
         raise AffError("predict", "no shape files given (stdin held no paths)")
 
     # cheap checks first: a bad image or missing run should not wait for the model to load
+    P.check_batch_size(batch_size)
+    check_files(list(specs.values()), values)
     source, picked = P.resolve_model(model, cond)
     if picked:
         rep.note(f"using the newest run {source} (pass --model to choose)")
-    image_input = P.load_image_input(cond)
-    pred = P.Predictor.load(source, cond, device, batch_size, image=image_input)
+    pred = P.Predictor.load(source, cond, device, batch_size)
     writer = P.OutputWriter(out, render=render, force=force)
     total = len(paths) + len(unmatched)
     rep.note(f"predicting {total} shape{'s' if total != 1 else ''} with {pred.model_type} "

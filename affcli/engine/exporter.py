@@ -22,25 +22,18 @@ Formats:
 ONNX and TorchScript files carry the model config (`read_config` reads it back), so that
 `tokenize` / `graph_inputs` can prepare inputs from the file and the tokenizer alone.
 
-Graph inputs and outputs (B dynamic; N dynamic except for LMAffordance3D, whose head
-normalises over exactly n_points points; L = the tokenised text length):
-- pointrefer:     points [B, N, 3] f32, input_ids [B, L] i64, attention_mask [B, L] i64
-                  (L = text_tokens, fixed: the fusion block mixes exactly that many tokens)
-                  -> heatmap [B, N]
-- iagnet:         points, image [B, 3, S, S] f32, subject_box [B, 4] f32, object_box [B, 4]
-                  f32 (x1, y1, x2, y2 in image pixels) -> heatmap [B, N],
-                  affordance_logits [B, A]
-- lmaffordance3d: points, image, input_ids [B, L] i64, attention_mask [B, L] i64 (L dynamic,
-                  2 to text_tokens) -> heatmap [B, N]
-(points carry 3 + extra_channels columns for a PointRefer built with normals.)
+Graph inputs and outputs are the model's declarations (`AffordanceModel.graph_inputs`,
+`graph_outputs`, `graph_forward`): points [B, N, 3 + extra] f32 first, then e.g. the tokenised
+text (`input_ids`, `attention_mask` int64 [B, L]), `image` [B, 3, S, S] f32, boxes [B, 4]
+f32 (x1, y1, x2, y2 in image pixels); outputs `heatmap` [B, N] and any others the model
+declares. B is always dynamic, N unless the model has `fixed_point_count`, other axes as
+`graph_dynamic_axes()` says (docs/predict-export.md lists them per built-in model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import importlib
 import json
 import os
 import shutil
@@ -66,22 +59,6 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 # ONNX keeps a graph in one protobuf of at most 2 GB; past this many bytes of weights they go
 # to an external data file next to the graph
 _EXTERNAL_DATA_BYTES = 1_800_000_000
-
-# Sample texts for the checks: real questions / instructions of different lengths, so that
-# LMAffordance3D's dynamic text length is exercised too.
-QUESTIONS = (
-    "Where would you grasp this mug to lift it up?",
-    "Which part of the chair can a person sit on?",
-    "Where can this bottle be opened?",
-    "Which region of the knife is used for cutting bread?",
-)
-INSTRUCTIONS = (
-    "Grasp the mug by its handle.",
-    "Please sit on the chair like the person in the picture.",
-    "Open the bottle.",
-    "Cut the bread with the blade of the knife, holding it by the handle.",
-)
-
 
 class ExportCheckError(AffError):
     """The exported model does not reproduce the PyTorch output: a failure of the exporter,
@@ -114,62 +91,20 @@ class ExportReport:
 
 
 class ExportWrapper(nn.Module):
-    """A model's tensor-only forward: the module every export format records.
-
-    `input_names` / `output_names` are the graph's; forward takes the inputs in that order
-    and returns the outputs (one tensor, or a tuple)."""
-
-    model_type: str = ""
-    input_names: tuple[str, ...] = ()
-    output_names: tuple[str, ...] = ("heatmap",)
-    text_inputs: bool = False  # takes input_ids / attention_mask from the model's tokenizer
-    fixed_points: bool = False  # N fixed at config.n_points
+    """A model's tensor-only forward (`graph_forward`): the module every export format
+    records. `input_names` / `output_names` are the graph's, as the model declares them."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.model_type = str(model.config.model_type)
+        self.input_names = tuple(model.graph_inputs)
+        self.output_names = tuple(model.graph_outputs)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.model.graph_forward(*inputs)
 
 
-class PointReferExport(ExportWrapper):
-    model_type = "pointrefer"
-    input_names = ("points", "input_ids", "attention_mask")
-    text_inputs = True
-
-    def forward(self, points: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_tokens(points, input_ids, attention_mask).heatmap
-
-
-class IAGNetExport(ExportWrapper):
-    model_type = "iagnet"
-    input_names = ("points", "image", "subject_box", "object_box")
-    output_names = ("heatmap", "affordance_logits")
-
-    def forward(self, points: torch.Tensor, image: torch.Tensor, subject_box: torch.Tensor,
-                object_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(points, image, subject_box, object_box)
-        return out.heatmap, out.affordance_logits
-
-
-class LMAffordance3DExport(ExportWrapper):
-    model_type = "lmaffordance3d"
-    input_names = ("points", "image", "input_ids", "attention_mask")
-    text_inputs = True
-    fixed_points = True
-
-    def forward(self, points: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_tokens(points, image, input_ids, attention_mask).heatmap
-
-
-_WRAPPERS: dict[str, type[ExportWrapper]] = {
-    w.model_type: w for w in (PointReferExport, IAGNetExport, LMAffordance3DExport)}
-
-
-# where each model type's config class lives (imported on use, as the registry does)
-_CONFIGS = {"pointrefer": ("affcli.models.zoo.pointrefer", "PointReferConfig"),
-            "iagnet": ("affcli.models.zoo.iagnet", "IAGNetConfig"),
-            "lmaffordance3d": ("affcli.models.zoo.lmaffordance3d", "LMAffordance3DConfig")}
 # the config as JSON, stored in every export: ONNX metadata_props key / TorchScript extra file
 CONFIG_KEY = "affcli.config"
 TORCHSCRIPT_CONFIG = "affcli_config.json"
@@ -178,17 +113,18 @@ Source = nn.Module | ModelConfig | str | Path
 
 
 def model_type_of(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    name = getattr(config, "model_type", "")
-    if name not in _WRAPPERS:
-        raise AffError("MODEL", f"cannot export a {type(model).__name__}: not one of the "
-                       f"exportable models ({', '.join(sorted(_WRAPPERS))})")
-    return name
+    from affcli.models.base import AffordanceModel
+
+    if not isinstance(model, AffordanceModel):
+        raise AffError("MODEL", f"cannot export a {type(model).__name__}: not an affcli model "
+                       "(an AffordanceModel subclass)")
+    return str(model.config.model_type)
 
 
 def export_wrapper(model: nn.Module) -> ExportWrapper:
-    """The tensor-input wrapper of an affcli model (PointRefer, IAGNet, LMAffordance3D)."""
-    return _WRAPPERS[model_type_of(model)](model)
+    """The tensor-input wrapper of an affcli model."""
+    model_type_of(model)
+    return ExportWrapper(model)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -210,11 +146,12 @@ def read_config(source: Source) -> ModelConfig:
         doc = json.loads(config_json(source))
     else:
         doc = _read_config_doc(Path(source))
+    from affcli import models
+
     name = doc.pop("model_type", None)
-    if name not in _CONFIGS:
-        raise AffError(str(source), f"not an exportable affcli model (model_type {name!r})")
-    module, cls = _CONFIGS[name]
-    return getattr(importlib.import_module(module), cls).from_dict(doc, source=str(source))
+    if not isinstance(name, str) or not name:
+        raise AffError(str(source), f"not an affcli model config (model_type {name!r})")
+    return models.config_class(name).from_dict(doc, source=str(source))
 
 
 def _read_config_doc(path: Path) -> dict[str, Any]:
@@ -236,7 +173,7 @@ def _read_config_doc(path: Path) -> dict[str, Any]:
 
         try:
             graph = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        except Exception as exc:  # any parse failure means a bad file
             raise AffError(path, f"neither an ONNX nor a TorchScript file ({exc})") from None
         text = {p.key: p.value for p in graph.metadata_props}.get(CONFIG_KEY)
     if text is None:
@@ -244,41 +181,27 @@ def _read_config_doc(path: Path) -> dict[str, Any]:
     return json.loads(text)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(text_model: str) -> Any:
-    """The tokenizer alone of a text model (offline, as the models load it)."""
-    from transformers import AutoTokenizer
+def _model_class(config: ModelConfig) -> Any:
+    from affcli import models
 
-    from affcli.models.backbones import resolve_text_model
-
-    source = resolve_text_model(text_model)
-    try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except OSError as exc:
-        raise AffError(source, f"cannot load the tokenizer ({str(exc).splitlines()[0]})"
-                       ) from None
+    return models.model_class(config.model_type)
 
 
 def tokenize(source: Source, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
-    """A question (PointRefer) or instruction (LMAffordance3D), or one per cloud, as the
+    """The model's text input (a question, an instruction...), or one per cloud, as the
     graph's `input_ids` / `attention_mask` (int64 [B, L]), tokenised exactly as the model's
     own forward does. `source`: the model, or anything `read_config` takes (then only the
     tokenizer is loaded, e.g. next to an .onnx file)."""
     config = read_config(source)
-    if not _WRAPPERS[config.model_type].text_inputs:
+    model_cls = _model_class(config)
+    if model_cls.text_input() is None:
         raise AffError("MODEL", f"{config.model_type} takes no text input")
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise AffError("TEXT", "need one or more strings")
     if isinstance(source, nn.Module):
         return source.tokenize(texts)
-    if config.model_type == "pointrefer":
-        from affcli.models.zoo.pointrefer import tokenize_questions
-
-        return tokenize_questions(_tokenizer(config.text_encoder), texts, config.text_tokens)
-    from affcli.models.zoo.lmaffordance3d import tokenize_instructions
-
-    return tokenize_instructions(_tokenizer(config.language_model), texts, config.text_tokens)
+    return model_cls.tokenize_texts(config, texts)
 
 
 def graph_inputs(source: Source, points: torch.Tensor | np.ndarray, *,
@@ -291,32 +214,39 @@ def graph_inputs(source: Source, points: torch.Tensor | np.ndarray, *,
     (or one cloud [N, C]), the text tokenised as the model does, image [B, 3, S, S], boxes
     [B, 4] (a single box is repeated over the batch). `source` as for `tokenize`. For
     onnxruntime pass `as_numpy(...)` of the result; for TorchScript its values in order."""
-    wrapper = _WRAPPERS[read_config(source).model_type]
+    config = read_config(source)
+    model_cls = _model_class(config)
+    names = tuple(model_cls.graph_inputs)
     pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
     pts = pts.unsqueeze(0) if pts.dim() == 2 else pts
     if pts.dim() != 3:
         raise AffError("points", f"must be [B, N, C] or [N, C], got {list(pts.shape)}")
     b = pts.shape[0]
     given: dict[str, Any] = {"points": pts}
-    if wrapper.text_inputs:
+    spec = model_cls.text_input()
+    if spec is not None:
         if text is None:
-            raise AffError("TEXT", f"{wrapper.model_type} needs a question / instruction")
+            raise AffError("TEXT", f"{config.model_type} needs {spec.help} (text=...)")
         texts = [text] * b if isinstance(text, str) else list(text)
         if len(texts) != b:
             raise AffError("TEXT", f"{b} clouds but {len(texts)} texts")
         given.update(tokenize(source, texts))
-    if "image" in wrapper.input_names:
+    if "image" in names:
         if image is None:
-            raise AffError("IMAGE", f"{wrapper.model_type} needs an image [B, 3, H, W]")
+            raise AffError("IMAGE", f"{config.model_type} needs an image [B, 3, H, W]")
         img = torch.as_tensor(np.asarray(image), dtype=torch.float32)
         given["image"] = img.unsqueeze(0) if img.dim() == 3 else img
     for name, box in (("subject_box", subject_box), ("object_box", object_box)):
-        if name in wrapper.input_names:
+        if name in names:
             if box is None:
-                raise AffError(name, f"{wrapper.model_type} needs {name} [B, 4]")
+                raise AffError(name, f"{config.model_type} needs {name} [B, 4]")
             t = torch.as_tensor(np.asarray(box, dtype=np.float32))
             given[name] = t.expand(b, 4).contiguous() if t.dim() == 1 else t
-    return {name: given[name] for name in wrapper.input_names}
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise AffError("MODEL", f"{config.model_type}'s graph takes {', '.join(missing)}, "
+                       "which graph_inputs cannot build from raw inputs")
+    return {name: given[name] for name in names}
 
 
 def as_numpy(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -354,14 +284,16 @@ def example_inputs(model: nn.Module, batch_size: int = 2, seed: int = 0
                    ) -> dict[str, torch.Tensor]:
     """Realistic sample inputs of the graph: object clouds of the model's n_points, a random
     image, sensible boxes, real questions / instructions tokenised by the model's tokenizer.
-    Different seeds give different clouds, texts and, for LMAffordance3D, text lengths."""
-    wrapper = export_wrapper(model)
+    Different seeds give different clouds, texts and (with a dynamic text length) lengths."""
+    model_type_of(model)
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     channels = 3 + getattr(cfg, "extra_channels", 0)
     kw: dict[str, Any] = {}
-    texts = QUESTIONS if wrapper.model_type == "pointrefer" else INSTRUCTIONS
-    kw["text"] = [texts[(seed + i) % len(texts)] for i in range(batch_size)]
+    spec = model.text_input()
+    if spec is not None:
+        texts = spec.samples or ((spec.example,) if spec.example else ("a sample text",))
+        kw["text"] = [texts[(seed + i) % len(texts)] for i in range(batch_size)]
     size = getattr(cfg, "image_size", 224)
     kw["image"] = torch.randn(batch_size, 3, size, size, generator=g)
     kw["subject_box"], kw["object_box"] = _boxes(batch_size, size, g), _boxes(batch_size, size, g)
@@ -393,8 +325,8 @@ def export(model: nn.Module, fmt: str, out: str | Path, batch_size: int = 2, *,
     notes: list[str] = []
     with _export_mode(model, notes):
         example = example_inputs(model, batch_size, seed)
-        # another seed: other clouds, images, boxes and texts (so, for LMAffordance3D,
-        # another text length than the traced one)
+        # another seed: other clouds, images, boxes and texts (so, where the text length
+        # is dynamic, another length than the traced one)
         check = example_inputs(model, check_b, seed + 1)
         with torch.no_grad():
             expected = _as_tuple(wrapper(*check.values()))
@@ -510,20 +442,20 @@ def _write_checked(wrapper: ExportWrapper, fmt: str, example: dict[str, torch.Te
 
 
 def _dynamic_shapes(wrapper: ExportWrapper, example: dict[str, torch.Tensor]
-                    ) -> dict[str, dict[int, Any]]:
+                    ) -> tuple[tuple[dict[int, Any], ...]]:
+    """torch.export's dynamic shapes of the wrapper's inputs (one varargs tuple, in order):
+    the batch everywhere, and the axes the model declares (`graph_dynamic_axes`)."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=1024)
     shapes: dict[str, dict[int, Any]] = {name: {0: batch} for name in example}
-    if not wrapper.fixed_points:
-        # the first set abstraction samples sa1_centers points, so clouds need as many
-        shapes["points"][1] = Dim("num_points", min=wrapper.model.point_encoder.sa1.num_centers,
-                                  max=1 << 20)
-    if wrapper.model_type == "lmaffordance3d":
-        # at least [CLS] [SEP]; at most the configured length
-        length = Dim("text_length", min=2, max=wrapper.model.config.text_tokens)
-        shapes["input_ids"][1] = shapes["attention_mask"][1] = length
-    return shapes
+    dims: dict[str, Any] = {}
+    for name, axes in wrapper.model.graph_dynamic_axes().items():
+        for axis, (dim_name, low, high) in axes.items():
+            if dim_name not in dims:
+                dims[dim_name] = Dim(dim_name, min=low, max=high)
+            shapes[name][axis] = dims[dim_name]
+    return (tuple(shapes[name] for name in example),)
 
 
 def _export_onnx(wrapper: ExportWrapper, example: dict[str, torch.Tensor], path: Path,

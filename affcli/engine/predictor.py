@@ -34,176 +34,78 @@ from affcli.errors import AffError
 RUNS_ROOT = Path("runs")
 RESAMPLE_SEED = 0  # fixed: the same file gives the same cloud, hence the same scores
 
-# the conditioning options each model takes, as the command line spells them
-MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "pointrefer": ("--question",),
-    "iagnet": ("--image", "--boxes", "--subject-box", "--object-box"),
-    "lmaffordance3d": ("--image", "--instruction"),
-}
-TRAIN_HINTS = {
-    "pointrefer": "affcli train pointrefer --data data/laso_seen.h5",
-    "iagnet": "affcli train iagnet --data data/piad_seen.h5",
-    "lmaffordance3d": "affcli train lmaffordance3d --data data/agpil_seen.h5",
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # what the model is conditioned on
 
 
-@dataclass
 class Conditioning:
-    """The non-geometric inputs, the same for every shape of a run."""
+    """The non-geometric inputs, the same for every shape of a run: raw values by the input
+    names models declare (`Conditioning(question="Where would you grasp this mug?")`,
+    `Conditioning(image="i.jpg", boxes="b.json")`); None means not given."""
 
-    question: str | None = None  # PointRefer
-    instruction: str | None = None  # LMAffordance3D
-    image: Path | None = None  # IAGNet, LMAffordance3D
-    boxes: Path | None = None  # IAGNet: LabelMe JSON with `subject` / `object` rectangles
-    subject_box: Sequence[float] | None = None  # IAGNet: x1, y1, x2, y2 in image pixels
-    object_box: Sequence[float] | None = None
+    def __init__(self, **values: Any) -> None:
+        self.values = {k: v for k, v in values.items() if v is not None}
 
     def given(self) -> list[str]:
         """The options given, as the command line spells them."""
-        pairs = (("--question", self.question), ("--instruction", self.instruction),
-                 ("--image", self.image), ("--boxes", self.boxes),
-                 ("--subject-box", self.subject_box), ("--object-box", self.object_box))
-        return [name for name, value in pairs if value is not None]
+        return ["--" + name.replace("_", "-") for name in self.values]
 
-    def implied_model(self) -> str:
-        """The model type these options are for (to find a run when no model is named)."""
-        given = set(self.given())
-        wants = [m for m, key in (("pointrefer", {"--question"}),
-                                  ("iagnet", {"--boxes", "--subject-box", "--object-box"}),
-                                  ("lmaffordance3d", {"--instruction"})) if given & key]
-        if len(wants) == 1:
-            return wants[0]
-        if len(wants) > 1:
-            raise AffError("predict", f"{', '.join(sorted(given))} mix the inputs of different "
-                           f"models ({', '.join(wants)}); give one model's options, or --model")
-        raise AffError("predict", "nothing says which model to run: give --question "
-                       "(PointRefer), --image with --boxes or --object-box (IAGNet), or --image "
-                       "with --instruction (LMAffordance3D), or --model")
+    def fits(self, model_cls: Any) -> bool:
+        """True when every given input is one `model_cls` takes and none it requires is
+        missing (what picks a model when none is named)."""
+        declared = {i.name: i for i in model_cls.inputs}
+        return set(self.values) <= set(declared) and all(
+            i.name in self.values for i in model_cls.inputs if i.required)
 
-    def check_for(self, model_type: str) -> None:
-        """AffError naming the first missing option, then the first one this model ignores."""
-        if model_type == "pointrefer" and not (self.question or "").strip():
-            raise AffError("--question", "a pointrefer model needs a question, e.g. --question "
-                           "'Where would you grasp this mug?'")
-        if model_type in ("iagnet", "lmaffordance3d") and self.image is None:
-            raise AffError("--image", f"an {model_type} model needs an interaction image "
-                           "(--image IMG.jpg)")
-        if model_type == "iagnet" and self.boxes is None and self.object_box is None:
-            raise AffError("--boxes", "an iagnet model needs the image's boxes: --boxes "
-                           "BOXES.json (LabelMe) or --object-box x1,y1,x2,y2 [--subject-box ...]")
-        if model_type == "lmaffordance3d" and not (self.instruction or "").strip():
-            raise AffError("--instruction", "an lmaffordance3d model needs an instruction, e.g. "
-                           "--instruction 'Pick up the mug by its handle.'")
-        used = MODEL_OPTIONS.get(model_type, ())
-        for name in self.given():
-            if name not in used:
-                raise AffError(name, f"not used by {model_type} models (they take "
-                               f"{', '.join(used)})")
-        if self.boxes is not None and (self.subject_box is not None
-                                       or self.object_box is not None):
-            raise AffError("--boxes", "give the boxes either as a JSON file or as "
-                           "--subject-box/--object-box, not both")
-        if self.subject_box is not None and self.object_box is None:
-            raise AffError("--object-box", "needed with --subject-box (the object's box in "
-                           "the image)")
+    def implied_models(self) -> list[str]:
+        """The registered models these inputs fit (to find a run when none is named)."""
+        from affcli import models
 
+        fitting = [n for n in models.available() if self.fits(models.model_class(n))]
+        if fitting:
+            return fitting
+        if not self.values:
+            raise AffError("predict", "nothing says which model to run: give its inputs "
+                           "(see `affcli predict --help`) or --model")
+        raise AffError("predict", f"no installed model takes exactly "
+                       f"{', '.join(self.given())}; give one model's inputs (see `affcli "
+                       "predict --help` and `affcli models`), or --model")
 
-def parse_box(text: str, option: str = "--object-box") -> tuple[float, float, float, float]:
-    """`x1,y1,x2,y2` (either corner order; spaces or commas) as (left, top, right, bottom)."""
-    parts = [p for p in re.split(r"[\s,]+", text.strip()) if p]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise AffError(option, f"expected four numbers x1,y1,x2,y2 in image pixels, got {text!r}")
-    x1, y1, x2, y2 = values
-    return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
+    def check_for(self, model_cls: Any) -> None:
+        """AffError naming the first missing option, then the first one the model ignores."""
+        model_cls.check_inputs(self.values)
 
-
-@dataclass
-class ImageInput:
-    """The interaction image as the image models take it: normalised [3, 224, 224] with the
-    boxes in pixels of the resized image."""
-
-    image: torch.Tensor
-    subject_box: torch.Tensor  # [4]; zeros: no subject box (as in PIAD)
-    object_box: torch.Tensor  # [4]
-
-
-def load_image_input(cond: Conditioning) -> ImageInput | None:
-    """The image and boxes of `cond` (None without --image); AffError naming the file."""
-    from affcli.data.datasets import load_image
-    from affcli.data.formats.piad import parse_box_json, read_image
-
-    if cond.image is None:
-        return None
-    path = Path(cond.image)
-    if not path.is_file():
-        raise AffError(path, "image not found" if not path.exists() else "not an image file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AffError(path, f"cannot read the image ({exc.strerror or exc})") from None
-    jpeg, (h, w) = read_image(path, data)  # other formats are re-encoded as JPEG
-    subject = np.zeros(4, np.float32)
-    if cond.boxes is not None:
-        box_path = Path(cond.boxes)
-        if not box_path.is_file():
-            raise AffError(box_path, "box file not found")
-        subject, obj = parse_box_json(box_path, box_path.read_bytes())
-        where = box_path
-    elif cond.object_box is not None:
-        obj = np.array(cond.object_box, np.float32)
-        if cond.subject_box is not None:
-            subject = np.array(cond.subject_box, np.float32)
-        where = Path("--object-box")
-    else:
-        # LMAffordance3D reads the whole image; boxes only matter to the crop of training
-        obj = np.array([0, 0, w, h], np.float32)
-        where = path
-    obj = _clip_box(obj, w, h, where, "object")
-    if subject.any():
-        subject = _clip_box(subject, w, h, where, "subject")
-    image, sub, ob = load_image(jpeg, (h, w), subject, obj, rng=None)
-    return ImageInput(image, sub, ob)
-
-
-def _clip_box(box: np.ndarray, w: int, h: int, where: Path, what: str) -> np.ndarray:
-    clipped = np.array([np.clip(box[0], 0, w), np.clip(box[1], 0, h), np.clip(box[2], 0, w),
-                        np.clip(box[3], 0, h)], np.float32)
-    # the boxes are truncated to whole pixels downstream, so a box must span at least one
-    if int(clipped[2]) - int(clipped[0]) < 1 or int(clipped[3]) - int(clipped[1]) < 1:
-        raise AffError(where, f"the {what} box {box.tolist()} does not cover any pixel of the "
-                       f"{w}x{h} image")
-    return clipped
 
 
 # ---------------------------------------------------------------------------------------------
 # which model
 
 
-def find_latest_run(model_type: str, root: str | Path = RUNS_ROOT) -> Path:
-    """The run folder under `root/<model_type>/` whose best.pt (else last.pt) is newest."""
+def find_latest_run(model_types: Sequence[str], root: str | Path = RUNS_ROOT) -> Path:
+    """The run folder under `root/<model_type>/`, over the given types, whose best.pt (else
+    last.pt) is newest."""
+    from affcli import models
     from affcli.engine.checkpoint import BEST, LAST
 
-    base = Path(root) / model_type
     found: list[tuple[float, str, Path]] = []
-    for run in base.glob("*/") if base.is_dir() else ():
-        for name in (BEST, LAST):
-            ckpt = run / name
-            if ckpt.is_file():
-                found.append((ckpt.stat().st_mtime, run.name, run))
-                break
+    for model_type in model_types:
+        base = Path(root) / model_type
+        for run in base.glob("*/") if base.is_dir() else ():
+            for name in (BEST, LAST):
+                ckpt = run / name
+                if ckpt.is_file():
+                    found.append((ckpt.stat().st_mtime, run.name, run))
+                    break
     if not found:
-        raise AffError(base, f"no trained {model_type} run here (looked for */best.pt and "
-                       "*/last.pt); train one or pass --model RUN_DIR|CHECKPOINT",
-                       hint=f"train one with `{TRAIN_HINTS.get(model_type, 'affcli train')}`, "
-                       "or pass --model with a run folder, checkpoint or pretrained directory")
+        where = Path(root) / (model_types[0] if len(model_types) == 1
+                              else "{" + ",".join(model_types) + "}")
+        hints = " or ".join(f"`{models.model_class(m).training_hint()}`" for m in model_types)
+        raise AffError(where, f"no trained {' or '.join(model_types)} run here (looked for "
+                       "*/best.pt and */last.pt); train one or pass --model "
+                       "RUN_DIR|CHECKPOINT",
+                       hint=f"train one with {hints}, or pass --model with a run folder, "
+                       "checkpoint or pretrained directory")
     return max(found)[2]
 
 
@@ -212,7 +114,7 @@ def resolve_model(model: str | Path | None, cond: Conditioning,
     """(what to load, True when it was picked as the newest run rather than given)."""
     if model is not None:
         return Path(model), False
-    return find_latest_run(cond.implied_model(), root), True
+    return find_latest_run(cond.implied_models(), root), True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,16 +332,20 @@ class OutputWriter:
 # the predictor
 
 
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
+
+
 class Predictor:
     """A loaded model and its conditioning; scores prepared shapes in batches."""
 
     def __init__(self, model: torch.nn.Module, conditioning: Conditioning,
                  device: str | torch.device = "cpu", batch_size: int = 8,
-                 source: Path | None = None, image: ImageInput | None = None) -> None:
-        if batch_size < 1:
-            raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
+                 source: Path | None = None) -> None:
+        check_batch_size(batch_size)
         self.model_type = str(model.config.model_type)
-        conditioning.check_for(self.model_type)
+        conditioning.check_for(type(model))
         extra = int(getattr(model.config, "extra_channels", 0) or 0)
         if extra:
             raise AffError(source, f"this model takes {extra} per-point channels besides xyz "
@@ -450,30 +356,43 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.source = source
         self.n_points = int(model.config.n_points)
-        if self.model_type != "pointrefer" and image is None:
-            image = load_image_input(conditioning)
-        self.image = image
+        # the conditioning of one sample, as the model's dataset items hold it
+        self.item = model.conditioning_item(conditioning.values)
 
     @classmethod
     def load(cls, model: str | Path, conditioning: Conditioning, device: str = "auto",
-             batch_size: int = 8, image: ImageInput | None = None) -> Predictor:
+             batch_size: int = 8) -> Predictor:
         """From a run folder (best.pt), a checkpoint file or a pretrained directory.
         `device`: auto, cpu, cuda or cuda:N."""
         from affcli.engine.checkpoint import load_model
         from affcli.engine.distributed import resolve_device
 
+        check_batch_size(batch_size)  # before the (slow) loading
         dev = resolve_device(device)
         with warnings.catch_warnings():
             # a pretrained directory's ResNet weights are in its own file; the builder's
             # "random weights" warning would be wrong there (checkpoints silence it already)
             warnings.filterwarnings("ignore", message="ResNet18 starts from random weights")
             net, _, source = load_model(model)
-        return cls(net, conditioning, dev, batch_size, source, image)
+        return cls(net, conditioning, dev, batch_size, source)
 
     def title(self) -> str:
-        text = self.cond.question or self.cond.instruction or (
-            Path(self.cond.image).name if self.cond.image else "")
+        """The model and its first text input, else its image's file name."""
+        specs = [i for i in self.model.inputs if i.name in self.cond.values]
+        text = next((str(self.cond.values[i.name]) for i in specs if i.kind == "text"),
+                    next((Path(self.cond.values[i.name]).name for i in specs
+                          if i.kind == "image"), ""))
         return f"{self.model_type}: {text}" if text else self.model_type
+
+    def batch(self, b: int) -> dict[str, Any]:
+        """The conditioning item repeated for `b` clouds (tensors expanded, not copied)."""
+        out: dict[str, Any] = {}
+        for key, value in self.item.items():
+            if isinstance(value, torch.Tensor):
+                out[key] = value.unsqueeze(0).expand(b, *value.shape).to(self.device)
+            else:
+                out[key] = [value] * b
+        return out
 
     @torch.no_grad()
     def score_batch(self, clouds: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -481,18 +400,7 @@ class Predictor:
         if not clouds:
             return []
         pts = torch.from_numpy(np.stack(clouds).astype(np.float32)).to(self.device)
-        b = pts.shape[0]
-        if self.model_type == "pointrefer":
-            out = self.model(pts, [self.cond.question] * b)
-        else:
-            assert self.image is not None
-            image = self.image.image.unsqueeze(0).expand(b, -1, -1, -1).to(self.device)
-            if self.model_type == "iagnet":
-                sub = self.image.subject_box.unsqueeze(0).expand(b, -1).to(self.device)
-                obj = self.image.object_box.unsqueeze(0).expand(b, -1).to(self.device)
-                out = self.model(pts, image, sub, obj)
-            else:
-                out = self.model(pts, image, [self.cond.instruction] * b)
+        out = self.model.forward_batch(self.batch(pts.shape[0]), pts)
         heat = out.heatmap.float().cpu().numpy()
         if not np.isfinite(heat).all():
             raise RuntimeError("the model produced non-finite scores")

@@ -7,6 +7,7 @@ package. ResNet18 takes a user-given weights file, else starts at random with a 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,17 @@ class ImageEncoder(nn.Module):
         m = self.model
         x = m.maxpool(m.relu(m.bn1(m.conv1(image))))
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str | None) -> Any:
+    """The tokenizer alone of a text model (offline, as `load_text_model` loads it): enough to
+    prepare the text inputs of an exported graph without loading any weights."""
+    from transformers import AutoTokenizer
+
+    source = resolve_text_model(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except OSError as exc:
+        raise AffError(source, f"cannot load the tokenizer ({str(exc).splitlines()[0]})"
+                       ) from None

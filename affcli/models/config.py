@@ -98,21 +98,22 @@ def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
         raise AffError(path, f"unreadable safetensors file ({exc})") from None
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path
-               ) -> None:
-    """Load strictly, naming missing, unexpected and mis-shaped keys in the error."""
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, *,
+               what: str = "weights do not fit the model",
+               labels: tuple[str, str, str] = ("missing", "unexpected", "wrong shape")) -> None:
+    """Load strictly; else AffError(`source`, what; then the missing, unexpected and
+    mis-shaped keys, each part named by `labels`)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or shapes:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("wrong shape", shapes)):
+        for label, keys in zip(labels, (missing, unexpected, shapes), strict=True):
             if keys:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{label}: {', '.join(keys[:5])}{more}")
-        raise AffError(source, "weights do not fit the model; " + "; ".join(parts))
+        raise AffError(source, f"{what}; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
 
 
@@ -125,7 +126,7 @@ def load_state_dict_file(path: str | Path, what: str = "checkpoint") -> dict[str
         raise AffError(path, f"{what} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as exc:  # any unpickling failure: a bad file
         raise AffError(path, f"not a loadable {what} ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     for wrapper in ("model", "state_dict"):

@@ -9,6 +9,7 @@ are the same numbers with the trailing 1x1 kernel axes dropped.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from affcli.models.config import load_state_dict_file
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _pointnet_key(key: str) -> str | None:
+def pointnet_key(key: str) -> str | None:
     """A reference PointNet++ key in affcli naming, or None if it is not one."""
     m = re.fullmatch(r"(.*sa\d)\.conv_blocks\.(\d+)\.(\d+)\.(weight|bias)", key)
     if m:
@@ -37,30 +38,39 @@ def _pointnet_key(key: str) -> str | None:
     return None
 
 
-_IAGNET_RULES = (
-    (r"^JRA\.", "jra."),
-    (r"^ARM\.cross_atten\.", "arm."),
-    (r"^ARM\.fusion\.", "arm.fusion."),
-    (r"^decoder\.out_head\.0\.", "out_head.fc1."),
-    (r"^decoder\.out_head\.2\.", "out_head.norm."),
-    (r"^decoder\.out_head\.5\.", "out_head.fc2."),
-    (r"^decoder\.cls_head\.", "cls_head."),
-    (r"^decoder\.(fp\d)\.", r"\1."),
-)
-
-
-def iagnet_key(key: str) -> str | None:
-    """The affcli IAGNet key for an official IAGNet key (None for keys we do not keep)."""
-    if key.startswith("img_encoder.model.fc."):
-        return None  # the ResNet classifier is never used
-    for pattern, repl in _IAGNET_RULES:
+def official_key(model_cls: type, key: str) -> str | None:
+    """Our key for an official checkpoint key of `model_cls` (None for keys dropped on
+    purpose), by the rules the model class declares (`official_key_rules`,
+    `official_dropped_prefixes`), then the shared PointNet++ renaming."""
+    if key.startswith(tuple(model_cls.official_dropped_prefixes)):
+        return None
+    for pattern, repl in model_cls.official_key_rules or ():
         if re.match(pattern, key):
             key = re.sub(pattern, repl, key)
             break
-    return _pointnet_key(key) or key
+    return pointnet_key(key) or key
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], key_fn: object
+def require_mapping(name: str) -> None:
+    """AffError unless the registered model `name` declares how official keys map."""
+    from affcli import models
+
+    if models.model_class(name).official_key_rules is None:
+        mapped = [n for n in models.available()
+                  if models.model_class(n).official_key_rules is not None]
+        raise AffError("MODEL", f"no official-checkpoint mapping for {name!r} (models with "
+                       f"one: {', '.join(mapped)})")
+
+
+def key_map(name: str) -> Callable[[str], str | None]:
+    """The official-key mapping of the registered model `name`."""
+    from affcli import models
+
+    model_cls = models.model_class(name)
+    return lambda key: official_key(model_cls, key)
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], key_fn: Callable[[str], str | None]
                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(our state dict, the reference keys dropped on purpose). 1x1 kernels lose their
     trailing axes; `module.` prefixes (DistributedDataParallel) are removed."""
@@ -68,7 +78,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], key_fn: object
     dropped = []
     for key, value in state.items():
         key = key.removeprefix("module.")
-        new = key_fn(key)  # type: ignore[operator]
+        new = key_fn(key)
         if new is None:
             dropped.append(key)
             continue
@@ -77,49 +87,6 @@ def convert_state_dict(state: dict[str, torch.Tensor], key_fn: object
             value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out, dropped
-
-
-_LMAFFORDANCE3D_RULES = (
-    (r"^fusion\.mlp\.", "fusion.to_common."),
-    (r"^fusion\.img_attention\.", "fusion.i_atten."),
-    (r"^fusion\.point_attention\.", "fusion.p_atten."),
-    (r"^fusion\.joint_attention\.", "fusion.joint_atten."),
-    (r"^affordance_decoder\.cross_atten\.", "affordance_decoder."),
-    (r"^head\.out_head\.0\.", "out_head.fc1."),
-    (r"^head\.out_head\.1\.", "out_head.norm."),
-    (r"^head\.out_head\.3\.", "out_head.fc2."),
-    (r"^head\.(fp\d)\.", r"\1."),
-    (r"^llm_model\.", "language_model."),
-)
-
-
-def lmaffordance3d_key(key: str) -> str | None:
-    """The affcli LMAffordance3D key for an official one (None for keys we do not keep).
-    The language model's own keys map by prefix; they fit only when `language_model` names
-    the same model the checkpoint was trained with."""
-    if key.startswith("img_encoder.model.fc."):
-        return None
-    for pattern, repl in _LMAFFORDANCE3D_RULES:
-        if re.match(pattern, key):
-            key = re.sub(pattern, repl, key)
-            break
-    return _pointnet_key(key) or key
-
-
-def pointrefer_key(key: str) -> str | None:
-    """The affcli PointRefer key for an official one: the fusion block is `gpb` there, and
-    the reference's never-called `out_head` has no counterpart (dropped). The text encoder's
-    keys map by prefix; they fit only when `text_encoder` names the same model
-    (roberta-base for the released checkpoints)."""
-    if key.startswith("out_head."):
-        return None
-    if key.startswith("gpb."):
-        key = "fusion." + key.removeprefix("gpb.")
-    return _pointnet_key(key) or key
-
-
-KEY_MAPS = {"iagnet": iagnet_key, "lmaffordance3d": lmaffordance3d_key,
-            "pointrefer": pointrefer_key}
 
 
 def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -132,24 +99,13 @@ def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overr
     """Our model `name` holding an official state dict's weights; every reference key must
     map onto one of ours with the same shape, else AffError names the offenders."""
     from affcli import models
+    from affcli.models.config import load_state
 
     name = name.lower()
-    if name not in KEY_MAPS:
-        raise AffError("MODEL", f"no official-checkpoint mapping for {name!r} yet "
-                       f"(available: {', '.join(sorted(KEY_MAPS))})")
-    converted, _ = convert_state_dict(state, KEY_MAPS[name])
+    require_mapping(name)
+    converted, _ = convert_state_dict(state, key_map(name))
     model = models.build(name, **overrides)
-    own = model.state_dict()
-    unmapped = sorted(k for k in converted if k not in own)
-    wrong = sorted(k for k in converted if k in own and converted[k].shape != own[k].shape)
-    missing = sorted(k for k in own if k not in converted)
-    if unmapped or wrong or missing:
-        parts = []
-        for label, keys in (("keys with no counterpart", unmapped), ("shape mismatches", wrong),
-                            ("our keys the checkpoint lacks", missing)):
-            if keys:
-                parts.append(f"{label}: {', '.join(keys[:6])}"
-                             + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else ""))
-        raise AffError("checkpoint", "does not match " + name + "; " + "; ".join(parts))
-    model.load_state_dict(converted, strict=True)
+    load_state(model, converted, "checkpoint", labels=(
+        "our keys the checkpoint lacks", "keys with no counterpart", "shape mismatches"),
+        what=f"does not match {name}")
     return model

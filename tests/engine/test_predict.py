@@ -16,6 +16,7 @@ import pytest
 
 from affcli.data.pointio import read_shape
 from affcli.engine import predictor as P
+from affcli.errors import AffError
 
 QUESTION = "Where would you grasp this object?"
 
@@ -232,16 +233,16 @@ def test_iagnet_with_image_and_boxes(run_cli, piad_demo, tmp_path):
 
     # numbers in either corner order are the JSON's boxes
     from affcli.data.formats.piad import parse_box_json
+    from affcli.models.inputs import parse_box
 
     sub, obj = parse_box_json(boxes, boxes.read_bytes())
-    from_json = P.load_image_input(P.Conditioning(image=image, boxes=boxes))
-    from_numbers = P.load_image_input(P.Conditioning(
-        image=image, subject_box=P.parse_box(f"{sub[2]},{sub[3]},{sub[0]},{sub[1]}"),
-        object_box=P.parse_box(f"{obj[2]} {obj[3]} {obj[0]} {obj[1]}")))
-    assert from_json is not None and from_numbers is not None
+    from_json = net.conditioning_item({"image": image, "boxes": boxes})
+    from_numbers = net.conditioning_item({
+        "image": image, "subject_box": parse_box(f"{sub[2]},{sub[3]},{sub[0]},{sub[1]}"),
+        "object_box": parse_box(f"{obj[2]} {obj[3]} {obj[0]} {obj[1]}")})
     for name in ("image", "subject_box", "object_box"):
-        assert (getattr(from_json, name) == getattr(from_numbers, name)).all()
-    assert from_json.object_box.max() <= 224 and from_json.subject_box.any()
+        assert (from_json[name] == from_numbers[name]).all()
+    assert from_json["object_box"].max() <= 224 and from_json["subject_box"].any()
 
     code, _, err = run_cli("predict", shape, "--model", tmp_path / "iag", "--image", image)
     assert code == 2 and err.startswith("error: --boxes: an iagnet model needs")
@@ -274,15 +275,21 @@ def test_resampling_normalisation_and_interpolation():
 
 
 def test_stems_conditioning_and_boxes():
+    from affcli.models.inputs import parse_box
+
     assert P.unique_stems(["a/x.ply", "b/x.ply", "c/x.obj", "x-2.ply"]) == \
         ["x", "x-2", "x-3", "x-2-2"]
-    assert P.parse_box("30, 40 10 20") == (10.0, 20.0, 30.0, 40.0)
-    assert P.Conditioning(question="q").implied_model() == "pointrefer"
-    assert P.Conditioning(image=Path("i.jpg"), boxes=Path("b.json")).implied_model() == "iagnet"
-    assert P.Conditioning(image=Path("i.jpg"), instruction="x").implied_model() == \
-        "lmaffordance3d"
-    with pytest.raises(Exception, match="mix the inputs"):
-        P.Conditioning(question="q", instruction="x").implied_model()
+    assert parse_box("30, 40 10 20") == (10.0, 20.0, 30.0, 40.0)
+    with pytest.raises(AffError, match="four numbers"):
+        parse_box("1,2,3")
+    # the models' declared inputs pick the model when none is named
+    assert P.Conditioning(question="q").implied_models() == ["pointrefer"]
+    assert P.Conditioning(image=Path("i.jpg"), boxes=Path("b.json")).implied_models() == \
+        ["iagnet"]
+    assert P.Conditioning(image=Path("i.jpg"), instruction="x").implied_models() == \
+        ["lmaffordance3d"]
+    with pytest.raises(AffError, match="no installed model takes exactly"):
+        P.Conditioning(question="q", instruction="x").implied_models()
 
 
 ROOT = Path(__file__).resolve().parents[2]

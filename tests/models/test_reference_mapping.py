@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from affcli import models
-from affcli.models.official import convert_state_dict, iagnet_key
+from affcli.models.official import convert_state_dict, key_map
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -19,7 +19,7 @@ def test_iagnet_reference_keys_all_map():
     state = {k: torch.zeros(shape) for k, shape in doc["keys"].items()}
     # checkpoints saved from DistributedDataParallel carry a module. prefix
     state = {f"module.{k}": v for k, v in state.items()}
-    ours_state, dropped = convert_state_dict(state, iagnet_key)
+    ours_state, dropped = convert_state_dict(state, key_map("iagnet"))
     assert dropped == ["img_encoder.model.fc.weight", "img_encoder.model.fc.bias"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -107,7 +107,6 @@ def test_import_checkpoint_errors(tmp_path, run_cli):
 
 def test_lmaffordance3d_reference_keys_all_map():
     from affcli.models import from_reference_state_dict
-    from affcli.models.official import lmaffordance3d_key
 
     doc = json.loads((FIXTURES / "lmaffordance3d_reference_keys.json").read_text())
     g = torch.Generator().manual_seed(3)
@@ -115,7 +114,7 @@ def test_lmaffordance3d_reference_keys_all_map():
              torch.randn(s, generator=g) for k, s in doc["keys"].items()
              if not k.endswith("num_batches_tracked")}
     state.update({k: torch.tensor(1) for k in doc["keys"] if k.endswith("num_batches_tracked")})
-    ours_state, dropped = convert_state_dict(state, lmaffordance3d_key)
+    ours_state, dropped = convert_state_dict(state, key_map("lmaffordance3d"))
     assert dropped == ["img_encoder.model.fc.weight", "img_encoder.model.fc.bias"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -136,7 +135,7 @@ def test_lmaffordance3d_reference_keys_all_map():
 
 
 def test_pointrefer_reference_keys_all_map():
-    from affcli.models.official import from_reference_state_dict, pointrefer_key
+    from affcli.models.official import from_reference_state_dict
 
     doc = json.loads((FIXTURES / "pointrefer_reference_keys.json").read_text())
     model = models.build("pointrefer")
@@ -149,7 +148,7 @@ def test_pointrefer_reference_keys_all_map():
             shape = [512, hidden]  # ... and the same layer fed by our text model
         state[k] = (torch.rand(shape) + 0.5 if k.endswith("running_var") else
                     torch.tensor(1) if k.endswith("num_batches_tracked") else torch.randn(shape))
-    mapped, dropped = convert_state_dict(state, pointrefer_key)
+    mapped, dropped = convert_state_dict(state, key_map("pointrefer"))
     assert sorted(dropped) == sorted(k for k in doc["keys"] if k.startswith("out_head."))
     non_text = {k for k in own if not k.startswith("text_encoder.")}
     assert set(mapped) == non_text

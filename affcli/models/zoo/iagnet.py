@@ -24,39 +24,19 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from affcli.errors import AffError
 from affcli.losses import iagnet_loss
 from affcli.models import register
-from affcli.models.base import AffordanceOutput, ImagePointModel
-from affcli.models.config import ModelConfig
+from affcli.models.base import AffordanceOutput, ImagePointConfig, ImagePointModel, PointHead
+from affcli.models.inputs import OBJECT_BOX, ModelInput
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
 
 
 @dataclasses.dataclass
-class IAGNetConfig(ModelConfig):
+class IAGNetConfig(ImagePointConfig):
     model_type = "iagnet"
-    emb_dim: int = 512
-    proj_dim: int = 512
-    num_heads: int = 4
-    n_coarse: int = 64  # N_p
-    n_points: int = 2048  # N_raw
     num_affordance: int = 17
     image_size: int = 224
-    resnet18_weights: str | None = None  # a state-dict file; None = random init (warned)
-    fps_start: int | None = 0
-
-
-class HeatmapHead(nn.Module):
-    """Linear -> BatchNorm over channels -> ReLU -> Linear(1), on [B, N, C]."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, dim // 8)
-        self.norm = nn.BatchNorm1d(dim // 8)
-        self.fc2 = nn.Linear(dim // 8, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.fc1(x).transpose(1, 2)).transpose(1, 2).relu()
-        return self.fc2(h).squeeze(-1)
 
 
 def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Tensor
@@ -91,7 +71,30 @@ def _box_masks_and_rois(feat: torch.Tensor, subject: torch.Tensor, obj: torch.Te
 @register("iagnet", IAGNetConfig)
 class IAGNet(ImagePointModel):
     config_class = IAGNetConfig
+    inputs = (
+        ModelInput("image", "image", "the interaction image (JPEG or PNG)",
+                   example="interaction.jpg"),
+        ModelInput("boxes", "boxes", "the image's boxes: LabelMe JSON with rectangles "
+                   "labelled subject and object", example="boxes.json", required=False),
+        ModelInput("subject_box", "box", "the subject's box x1,y1,x2,y2 in image pixels",
+                   example="10,20,120,200", required=False),
+        ModelInput("object_box", "box", "the object's box x1,y1,x2,y2 in image pixels",
+                   example="100,80,300,260", required=False),
+    )
     dataset_kinds = ("piad", "agpil")
+    graph_inputs = ("points", "image", "subject_box", "object_box")
+    graph_outputs = ("heatmap", "affordance_logits")
+    official_key_rules = (
+        (r"^JRA\.", "jra."),
+        (r"^ARM\.cross_atten\.", "arm."),
+        (r"^ARM\.fusion\.", "arm.fusion."),
+        (r"^decoder\.out_head\.0\.", "out_head.fc1."),
+        (r"^decoder\.out_head\.2\.", "out_head.norm."),
+        (r"^decoder\.out_head\.5\.", "out_head.fc2."),
+        (r"^decoder\.cls_head\.", "cls_head."),
+        (r"^decoder\.(fp\d)\.", r"\1."),
+    )
+    official_dropped_prefixes = ("img_encoder.model.fc.",)  # the unused ResNet classifier
     min_batch_size = 2  # the affordance head's BatchNorm1d normalises over the batch
     # IAGNet's train.py: Adam, cosine annealing to 1e-6 over the run, batch 16, 2 clouds per
     # image; the loss weights are in affcli.losses (CE 0.3, KL 0.5)
@@ -102,6 +105,18 @@ class IAGNet(ImagePointModel):
     def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
         return self(points, batch["image"], batch["subject_box"], batch["object_box"])
 
+    @classmethod
+    def check_inputs(cls, values: dict[str, Any]) -> None:
+        super().check_inputs(values)
+        if values.get("boxes") is None and values.get(OBJECT_BOX) is None:
+            raise AffError("--boxes", "an iagnet model needs the image's boxes: --boxes "
+                           "BOXES.json (LabelMe) or --object-box x1,y1,x2,y2 [--subject-box ...]")
+
+    def graph_forward(self, points: torch.Tensor, image: torch.Tensor, subject_box: torch.Tensor,
+                      object_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self(points, image, subject_box, object_box)
+        return out.heatmap, out.affordance_logits
+
     def loss(self, output: AffordanceOutput, target: torch.Tensor, batch: dict[str, Any]
              ) -> torch.Tensor:
         return iagnet_loss(output.heatmap, target, output.affordance_logits, batch["affordance"],
@@ -110,11 +125,10 @@ class IAGNet(ImagePointModel):
     def __init__(self, config: IAGNetConfig) -> None:
         super().__init__(config)
         c = config.emb_dim
-        self.build_image_point_branch(c, config.n_points, config.n_coarse, config.fps_start,
-                                      config.resnet18_weights)
+        self.build_image_point_branch(config)
         self.jra = JointRegionAlignment(c, config.num_heads)
         self.arm = AffordanceRevealed(c, config.proj_dim)
-        self.out_head = HeatmapHead(c)
+        self.out_head = PointHead(c)
         self.cls_head = nn.Sequential(
             nn.Linear(2 * c, c // 2), nn.BatchNorm1d(c // 2), nn.ReLU(),
             nn.Linear(c // 2, config.num_affordance), nn.BatchNorm1d(config.num_affordance),

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from affcli.models import register
-from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model
-from affcli.models.base import AffordanceOutput, ImagePointModel
-from affcli.models.config import ModelConfig
+from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model, load_tokenizer
+from affcli.models.base import AffordanceOutput, ImagePointConfig, ImagePointModel, PointHead
+from affcli.models.inputs import ModelInput
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
 
 
@@ -48,38 +48,47 @@ def tokenize_instructions(tokenizer: Any, instructions: Sequence[str], text_toke
 
 
 @dataclasses.dataclass
-class LMAffordance3DConfig(ModelConfig):
+class LMAffordance3DConfig(ImagePointConfig):
+    """n_points is fixed: the head normalises over the points axis."""
+
     model_type = "lmaffordance3d"
-    emb_dim: int = 512
-    proj_dim: int = 512
-    num_heads: int = 4
-    n_coarse: int = 64  # N_p
-    n_points: int = 2048  # N_raw (the head normalises over the points axis, so it is fixed)
     text_tokens: int = 32  # max_txt_len
     language_model: str = DEFAULT_TEXT_MODEL
     freeze_language_model: bool = True
-    resnet18_weights: str | None = None
-    fps_start: int | None = 0
-
-
-class PointsBatchNormHead(nn.Module):
-    """Linear(C, C/8) -> BatchNorm1d over the N points (the reference normalises each point
-    index across the batch) -> ReLU -> Linear(C/8, 1) -> sigmoid, on [B, N, C]."""
-
-    def __init__(self, dim: int, n_points: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, dim // 8)
-        self.norm = nn.BatchNorm1d(n_points)
-        self.fc2 = nn.Linear(dim // 8, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc2(self.norm(self.fc1(x)).relu())).squeeze(-1)
 
 
 @register("lmaffordance3d", LMAffordance3DConfig)
 class LMAffordance3D(ImagePointModel):
     config_class = LMAffordance3DConfig
+    inputs = (
+        ModelInput("image", "image", "the interaction image (JPEG or PNG)",
+                   example="interaction.jpg"),
+        ModelInput("instruction", "text", "the instruction",
+                   example="Pick up the mug by its handle.",
+                   samples=("Grasp the mug by its handle.",
+                            "Please sit on the chair like the person in the picture.",
+                            "Open the bottle.",
+                            "Cut the bread with the blade of the knife, holding it by the "
+                            "handle.")),
+    )
     dataset_kinds = ("agpil",)
+    fixed_point_count = True
+    graph_inputs = ("points", "image", "input_ids", "attention_mask")
+    official_key_rules = (
+        (r"^fusion\.mlp\.", "fusion.to_common."),
+        (r"^fusion\.img_attention\.", "fusion.i_atten."),
+        (r"^fusion\.point_attention\.", "fusion.p_atten."),
+        (r"^fusion\.joint_attention\.", "fusion.joint_atten."),
+        (r"^affordance_decoder\.cross_atten\.", "affordance_decoder."),
+        (r"^head\.out_head\.0\.", "out_head.fc1."),
+        (r"^head\.out_head\.1\.", "out_head.norm."),
+        (r"^head\.out_head\.3\.", "out_head.fc2."),
+        (r"^head\.(fp\d)\.", r"\1."),
+        # the language model's own keys map by prefix; they fit only when `language_model`
+        # names the model the checkpoint was trained with
+        (r"^llm_model\.", "language_model."),
+    )
+    official_dropped_prefixes = ("img_encoder.model.fc.",)
     # the LAVIS project files: AdamW, linear warmup from 1e-6 over 2000 steps of the first
     # epoch, then cosine per epoch from 1e-4 to 1e-5, batch 6, 3 clouds per image
     train_recipe = {"epochs": 20, "batch_size": 6, "lr": 1e-4, "weight_decay": 0.06,
@@ -102,8 +111,7 @@ class LMAffordance3D(ImagePointModel):
     def __init__(self, config: LMAffordance3DConfig) -> None:
         super().__init__(config)
         c = config.emb_dim
-        self.build_image_point_branch(c, config.n_points, config.n_coarse, config.fps_start,
-                                      config.resnet18_weights)
+        self.build_image_point_branch(config)
         self.language_model, self.tokenizer = load_text_model(config.language_model)
         if config.freeze_language_model:
             self.language_model.requires_grad_(False)
@@ -113,7 +121,7 @@ class LMAffordance3D(ImagePointModel):
         self.adapter_down = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
                                           nn.Linear(hidden, c))
         self.affordance_decoder = AffordanceRevealed(c, config.proj_dim)
-        self.out_head = PointsBatchNormHead(c, config.n_points)
+        self.out_head = PointHead(c, points_norm=config.n_points)
 
     def language_model_parameters(self) -> Iterator[nn.Parameter]:
         return self.language_model.parameters()
@@ -147,6 +155,21 @@ class LMAffordance3D(ImagePointModel):
         takes them as inputs and the tokenizer runs outside it."""
         out = tokenize_instructions(self.tokenizer, instructions, self.config.text_tokens)
         return out if device is None else {k: v.to(device) for k, v in out.items()}
+
+    @classmethod
+    def tokenize_texts(cls, config: LMAffordance3DConfig, texts: Sequence[str]
+                       ) -> dict[str, torch.Tensor]:
+        return tokenize_instructions(load_tokenizer(config.language_model), texts,
+                                     config.text_tokens)
+
+    def graph_forward(self, points: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(points, image, input_ids, attention_mask).heatmap
+
+    def graph_dynamic_axes(self) -> dict[str, dict[int, tuple[str, int, int]]]:
+        # at least [CLS] [SEP]; at most the configured length
+        length = ("text_length", 2, self.config.text_tokens)
+        return {"input_ids": {1: length}, "attention_mask": {1: length}}
 
     def forward(self, points: torch.Tensor, image: torch.Tensor, instructions: Sequence[str]
                 ) -> AffordanceOutput:
@@ -190,5 +213,5 @@ class LMAffordance3D(ImagePointModel):
 
         n_p = self.config.n_coarse
         up = self.upsample(levels, spatial[:, :n_p])
-        heatmap = self.out_head(up * aff[:, :n_p].mean(1, keepdim=True))
+        heatmap = torch.sigmoid(self.out_head(up * aff[:, :n_p].mean(1, keepdim=True)))
         return AffordanceOutput(heatmap=heatmap)

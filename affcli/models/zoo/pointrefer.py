@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from affcli.models import register
-from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model
+from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model, load_tokenizer
 from affcli.models.base import AffordanceModel, AffordanceOutput
 from affcli.models.config import ModelConfig
+from affcli.models.inputs import ModelInput
 from affcli.nn.attention import TransformerDecoder, TransformerDecoderLayer
 from affcli.nn.fusion import AdaptiveFusionBlock
 from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
@@ -70,7 +71,20 @@ class PointRefer(AffordanceModel):
     heatmap [B, N] in [0, 1] and extras["logits"] [B, N] (before the sigmoid)."""
 
     config_class = PointReferConfig
+    inputs = (ModelInput(
+        "question", "text", "the question about the object's affordance",
+        example="Where would you grasp this mug?",
+        samples=("Where would you grasp this mug to lift it up?",
+                 "Which part of the chair can a person sit on?",
+                 "Where can this bottle be opened?",
+                 "Which region of the knife is used for cutting bread?")),)
     dataset_kinds = ("laso",)
+    graph_inputs = ("points", "input_ids", "attention_mask")
+    # the official checkpoint: the fusion block is `gpb` there, and its never-called
+    # `out_head` has no counterpart; the text encoder's keys map by prefix (they fit only
+    # when `text_encoder` names the same model: roberta-base for the released checkpoints)
+    official_key_rules = ((r"^gpb\.", "fusion."),)
+    official_dropped_prefixes = ("out_head.",)
     # LASO's train.py: Adam, the text encoder at its own rate, StepLR(10, 0.5), batch 16
     train_recipe = {"epochs": 50, "batch_size": 16, "lr": 1e-4, "text_lr": 5e-6,
                     "weight_decay": 1e-3, "optimizer": "adam", "scheduler": "step",
@@ -145,6 +159,15 @@ class PointRefer(AffordanceModel):
         out = tokenize_questions(self.tokenizer, questions, self.config.text_tokens)
         return out if device is None else {k: v.to(device) for k, v in out.items()}
 
+    @classmethod
+    def tokenize_texts(cls, config: PointReferConfig, texts: Sequence[str]
+                       ) -> dict[str, torch.Tensor]:
+        return tokenize_questions(load_tokenizer(config.text_encoder), texts, config.text_tokens)
+
+    def graph_forward(self, points: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(points, input_ids, attention_mask).heatmap
+
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, T, emb_dim], attention mask [B, T] bool, True = real token). Token type
@@ -155,11 +178,6 @@ class PointRefer(AffordanceModel):
             hidden = self.text_encoder(input_ids=input_ids,
                                        attention_mask=attention_mask).last_hidden_state
         return self.text_resizer(hidden), attention_mask.bool()
-
-    def encode_text(self, questions: Sequence[str], device: torch.device
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens [B, T, emb_dim], attention mask [B, T] bool, True = real token)."""
-        return self.encode_tokens(**self.tokenize(questions, device))
 
     def forward(self, points: torch.Tensor, questions: Sequence[str]) -> AffordanceOutput:
         if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
