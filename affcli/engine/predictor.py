@@ -66,8 +66,11 @@ class Conditioning:
         if fitting:
             return fitting
         if not self.values:
-            raise AffError("predict", "nothing says which model to run: give its inputs "
-                           "(see `affcli predict --help`) or --model")
+            takes = "; ".join(
+                f"{n}: {' '.join(i.option for i in models.model_class(n).inputs if i.required)}"
+                for n in models.available())
+            raise AffError("predict", f"nothing says which model to run: give one model's "
+                           f"inputs ({takes}; see `affcli predict --help`) or --model")
         raise AffError("predict", f"no installed model takes exactly "
                        f"{', '.join(self.given())}; give one model's inputs (see `affcli "
                        "predict --help` and `affcli models`), or --model")
