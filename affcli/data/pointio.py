@@ -25,12 +25,7 @@ import numpy as np
 
 from affcli.errors import AffError
 from affcli.fileio import atomic_output
-
-# "jet"-like rainbows are what the field's score figures look like, and a rainbow keeps low,
-# middle and high scores apart better than a two-colour ramp. "turbo" is Google's fix of jet:
-# same hue order, but without jet's false bands around cyan/yellow and with darker, distinct
-# ends, so a colourbar reads the same way the points do.
-HEATMAP_CMAP = "turbo"
+from affcli.views import heatmap_colors  # PLY colours = PNG views' colours: one colormap
 
 MIN_POINTS = 3
 PIAD_SCORES = 17  # affordance columns in a PIAD point file
@@ -905,16 +900,6 @@ def _ply_ascii_table(path: Path, el: _PlyElement, rows: list[tuple[int, list[str
 
 # ---------------------------------------------------------------------------------------------
 # writing
-
-
-def heatmap_colors(scores: np.ndarray, cmap: str = HEATMAP_CMAP) -> np.ndarray:
-    """Scores in [0, 1] (clipped) as uint8 RGB [M, 3] through the heatmap colormap."""
-    from matplotlib import colormaps  # lazy: readers should not pay for matplotlib
-
-    s = np.asarray(scores, np.float64).reshape(-1)
-    if not np.isfinite(s).all():
-        raise ValueError("scores hold NaN/inf")
-    return colormaps[cmap](np.clip(s, 0.0, 1.0), bytes=True)[:, :3].copy()
 
 
 _OUT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),
