@@ -81,11 +81,11 @@ def _clouds_only(ds: str, raw: Any, ours: Any, seconds: float, prep_s: float) ->
 
     def raw_get(i: int) -> None:
         for _ in range(ours.pairing_num):
-            raw._parse_points(raw.points[int(rng.integers(len(raw.points)))])
+            raw.parse_points(raw.points[int(rng.integers(len(raw.points)))])
 
     def h5_get(i: int) -> None:
         for _ in range(ours.pairing_num):
-            ours._cloud(int(rng.integers(n_shapes)), 0, None)
+            ours.cloud(int(rng.integers(n_shapes)), 0, None)
 
     raw_rate = _loop_rate(raw_get, seconds)
     h5_rate = _loop_rate(h5_get, seconds)
@@ -143,7 +143,7 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
 
     from affcli import ops
     from affcli.bench import baseline_ops as ref
-    from affcli.nn.pointnet2 import EncoderConfig, _gather_rows
+    from affcli.nn.pointnet2 import EncoderConfig, gather_rows
 
     if num_points < 512:
         raise AffError("--points", "must be at least 512 (the first level samples 512 centres)")
@@ -169,7 +169,7 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
         sync = torch.cuda.synchronize if name == "triton" else None
         ours[name] = _median_ms(lambda x=x: ops.farthest_point_sample(x, cfg.sa1_centers),
                                 repeats, sync)
-        centers[name] = _gather_rows(x, ops.farthest_point_sample(x, cfg.sa1_centers))
+        centers[name] = gather_rows(x, ops.farthest_point_sample(x, cfg.sa1_centers))
     reference = _median_ms(lambda: ref.farthest_point_sample(xyz, cfg.sa1_centers), repeats)
     extra = {}
     try:

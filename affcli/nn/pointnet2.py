@@ -148,7 +148,7 @@ class SharedMLP(nn.Module):
         return self._norm_relu(i, y.reshape(-1, shape[-1])).reshape(shape)
 
 
-def _gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """values [B, N, C], idx [B, ...] -> [B, ..., C] (index_select on the flattened batch:
     its backward is an index_add, much cheaper than advanced indexing's)."""
     b, n, c = values.shape
@@ -215,7 +215,7 @@ class SetAbstractionMSG(nn.Module):
         """xyz [B, N, 3], features [B, N, D] (or None when D = 0) ->
         (centres [B, M, 3], features [B, M, sum of the scales' last widths])."""
         centers_idx = farthest_point_sample(xyz, self.num_centers, start=self.fps_start)
-        centers = _gather_rows(xyz, centers_idx)
+        centers = gather_rows(xyz, centers_idx)
         outs = []
         for radius, k, mlp in zip(self.radii, self.num_neighbors, self.scales, strict=True):
             idx = ball_query(xyz, centers, radius, k)
