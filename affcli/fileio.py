@@ -1,13 +1,15 @@
-"""Atomic file writing: every output affcli writes goes through `atomic_output`, so a
-failure or Ctrl-C never leaves a half-written file, and files get the permissions the
-user's umask asks for (mkstemp's 0600 is not what users expect of a dataset or checkpoint).
-Also the one JSON-safe conversion every JSON affcli prints or writes goes through."""
+"""Files in and out. Atomic file writing: every output affcli writes goes through
+`atomic_output`, so a failure or Ctrl-C never leaves a half-written file, and files get the
+permissions the user's umask asks for (mkstemp's 0600 is not what users expect of a dataset or
+checkpoint). Also the one JSON-safe conversion every JSON affcli prints or writes goes through,
+the numbered output folders (runs/.../<prefix>-N) and the reading of users' files."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +48,24 @@ def atomic_output(out: str | os.PathLike[str], force: bool = True) -> Iterator[P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def next_numbered_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """parent/<prefix>-N for the next free N (1 in an empty parent), created along with
+    `parent`. The mkdir is the claim: two runs starting at once never share a folder, the
+    loser of a race takes the next number."""
+    base = Path(parent)
+    base.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
+    n = max((int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))),
+            default=0) + 1
+    while True:
+        path = base / f"{prefix}-{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def jsonable(value: Any) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from affcli.errors import AffError
-from affcli.fileio import atomic_output
+from affcli.fileio import atomic_output, next_numbered_dir
 
 FORMAT = "affcli-checkpoint"
 VERSION = 1
@@ -85,18 +84,7 @@ def set_rng_state(doc: dict[str, Any]) -> None:
 
 def new_run_dir(root: str | Path, model: str, setting: str) -> Path:
     """runs/<model>/<setting>-N for the next free N (created, so two runs never share)."""
-    base = Path(root) / model
-    base.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^{re.escape(setting)}-(\d+)$")
-    taken = [int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))]
-    n = max(taken, default=0) + 1
-    while True:
-        path = base / f"{setting}-{n}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
+    return next_numbered_dir(Path(root) / model, setting)
 
 
 def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
