@@ -62,7 +62,9 @@ def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def update_running(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor,
                    rows: int) -> None:
-    """BatchNorm's running averages from batch statistics over `rows` rows (unbiased var)."""
+    """BatchNorm's running averages from batch statistics over `rows` rows (unbiased var),
+    as torch's BatchNorm keeps them; shared by DistributedBatchNorm and pointnet2's SharedMLP,
+    which compute the batch statistics themselves."""
     if not bn.track_running_stats or bn.running_mean is None:
         return
     with torch.no_grad():
