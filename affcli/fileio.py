@@ -68,6 +68,22 @@ def next_numbered_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
             n += 1
 
 
+def read_user_bytes(path: str | os.PathLike[str], what: str = "file") -> bytes:
+    """The bytes of a file the user (or a dataset) named, or an AffError (exit 2) naming it:
+    missing, a folder, or unreadable (permissions, I/O error) - never a traceback. `what` says
+    what the file should be, for the messages ("image", "point cloud or mesh file")."""
+    path = Path(path)
+    if path.is_dir():  # checked first: reading a folder fails differently per platform
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise AffError(path, f"is a folder, expected {article} {what}")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AffError(path, f"{what} not found") from None
+    except OSError as exc:
+        raise AffError(path, f"cannot read the {what} ({exc.strerror or exc})") from None
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON types; NaN/inf become null so every consumer can parse the document."""
     if isinstance(value, dict):

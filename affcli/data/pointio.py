@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from affcli.errors import AffError
-from affcli.fileio import atomic_output
+from affcli.fileio import atomic_output, read_user_bytes
 from affcli.views import heatmap_colors  # PLY colours = PNG views' colours: one colormap
 
 MIN_POINTS = 3
@@ -88,14 +88,7 @@ def read_shape(path: str | Path, mesh_samples: int = 10000, seed: int = 0) -> Sh
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise AffError(path, "file not found")
-    if path.is_dir():
-        raise AffError(path, "is a folder, expected a point cloud or mesh file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AffError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    data = read_user_bytes(path, "point cloud or mesh file")
     if not data:
         raise AffError(path, "empty file")
     return data
