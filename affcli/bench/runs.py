@@ -145,6 +145,8 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
     from affcli.bench import baseline_ops as ref
     from affcli.nn.pointnet2 import EncoderConfig, gather_rows
 
+    if batch_size < 1 or repeats < 1:
+        raise AffError("--batch-size/--repeats", "must be at least 1")
     if num_points < 512:
         raise AffError("--points", "must be at least 512 (the first level samples 512 centres)")
     gen = torch.Generator().manual_seed(seed)
@@ -342,11 +344,13 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
     from affcli import models
     from affcli.engine.trainer import TrainStep
 
+    classes = [models.model_class(name) for name in names]  # unknown names fail before any work
+    if steps < 1 or (batch_size is not None and batch_size < 1):
+        raise AffError("--steps/--batch-size", "must be at least 1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="affcli-bench-train-") as tmp:
         made: dict[str, Path] = {}
-        for name in names:
-            cls = models.model_class(name)
+        for name, cls in zip(names, classes, strict=True):
             kind = cls.dataset_kinds[0]
             if kind not in made:
                 synthesize(kind, Path(tmp) / kind, seed=seed, shapes_per_class=2)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import BatchSizeOpt, DeviceOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
 # options a resumed run may change; everything else comes from the run's own config
@@ -22,23 +22,23 @@ def register(app: typer.Typer) -> None:
 
 def train_cmd(
     model: Annotated[str | None, typer.Argument(
-        help="pointrefer, iagnet or lmaffordance3d (omit with --resume).")] = None,
+        help="Model name (`affcli models` lists them; omit with --resume).")] = None,
     data: Annotated[Path | None, typer.Option(
         help="Prepared HDF5 file (default data/<dataset>_<setting>.h5).")] = None,
     setting: Annotated[str | None, typer.Option(help="seen or unseen.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (paper default per model).")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", help="Global batch size (split over --nproc processes).")] = None,
+    batch_size: BatchSizeOpt = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     text_lr: Annotated[float | None, typer.Option(
-        help="Text encoder learning rate (PointRefer).")] = None,
+        help="Text encoder learning rate (models with a separately trained text encoder)."
+    )] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     pairing_num: Annotated[int | None, typer.Option(
         help="PIAD/AGPIL: point clouds paired with each training image.")] = None,
     points: Annotated[int | None, typer.Option(
         help="Subsample every cloud to this many points (a fixed subset per shape; faster on "
         "the CPU). Default: the file's count.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    device: DeviceOpt = None,
     amp: Annotated[bool | None, typer.Option(
         "--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -55,7 +55,8 @@ def train_cmd(
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder from its last.pt.")] = None,
     nproc: Annotated[int | None, typer.Option(
-        help="Train with this many processes on this machine (DistributedDataParallel).")
+        help="Train with this many processes on this machine (DistributedDataParallel; "
+        "--batch-size is the global batch, split over them).")
     ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -85,10 +86,11 @@ def train_cmd(
     if resume is not None:
         cfg = _resumed_config(resume, model, config, given)
     else:
-        if model is None:
-            raise AffError("train", "name the model to train (pointrefer, iagnet, "
-                           "lmaffordance3d), or --resume RUN_DIR")
         from affcli import models
+
+        if model is None:
+            raise AffError("train", f"name the model to train ({', '.join(models.available())})"
+                           ", or --resume RUN_DIR")
 
         cls = models.model_class(model)
         cfg = resolve(model.lower(), dict(cls.train_recipe), config, given)
@@ -167,9 +169,9 @@ def eval_cmd(
     data: Annotated[Path | None, typer.Option(
         help="Prepared HDF5 file (default: the one the run trained on).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")] = 16,
+    batch_size: BatchSizeOpt = 16,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     save_predictions: Annotated[Path | None, typer.Option(
         help="Write the predicted heatmaps and ground truth to this HDF5 file.")] = None,
     baseline: Annotated[bool, typer.Option(
@@ -188,8 +190,6 @@ def eval_cmd(
     from affcli.engine.evaluator import save_predictions as save
     from affcli.engine.trainer import check_data
 
-    if batch_size < 1:
-        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
     rep = reporter(json_out, quiet)
     model, doc, source = load_model(path)
     model_type = model.config.model_type
