@@ -297,7 +297,7 @@ def _bench_encoder(xyz: Any, repeats: int, devices: list) -> list[dict[str, Any]
 
 
 def bench_metrics(samples: int = 2416, points: int = 2048, seed: int = 0) -> dict[str, Any]:
-    """Seconds for all four metrics over `samples` x `points`: our vectorised torch version vs
+    """Seconds for all four metrics over `samples` x `points`: our compiled per-sample pass vs
     the reference evaluation's per-sample loop (sklearn roc_auc_score, numpy IoU/SIM/MAE),
     and the largest difference between the two."""
     from sklearn.metrics import roc_auc_score

@@ -100,7 +100,7 @@ def metrics_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """MAE, SIM, AUC and aIoU: vectorised torch vs the reference's per-sample sklearn loop."""
+    """MAE, SIM, AUC and aIoU: our compiled pass vs the reference's per-sample sklearn loop."""
     from affcli.bench.runs import bench_metrics
 
     if samples < 1 or points < 2:

@@ -40,7 +40,7 @@ def export_cmd(
     path: Annotated[Path, typer.Argument(
         help="Run folder (uses best.pt), checkpoint file, or pretrained directory.",
         show_default=False)],
-    format: Annotated[str, typer.Option(  # noqa: A002 - the option's name
+    format: Annotated[str, typer.Option(  # shadows the builtin: it is the option's name
         "--format", "-f", help="onnx, torchscript or safetensors (a pretrained directory: "
         "config.json + model.safetensors).")] = "onnx",
     out: Annotated[Path | None, typer.Option(

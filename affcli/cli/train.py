@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from affcli.cli.common import BatchSizeOpt, DeviceOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
+
+if TYPE_CHECKING:  # torch-free at import: `affcli --version` must stay cheap
+    from affcli.engine.recipes import TrainConfig
 
 # options a resumed run may change; everything else comes from the run's own config
 RESUMABLE = ("epochs", "workers", "device")
@@ -141,7 +144,7 @@ def _without_nproc(args: list[str]) -> list[str]:
 
 
 def _resumed_config(run_dir: Path, model: str | None, config: Path | None,
-                    given: dict[str, object]):  # noqa: ANN202 - TrainConfig
+                    given: dict[str, object]) -> TrainConfig:
     from affcli.engine import checkpoint as ckpt
     from affcli.engine.recipes import TrainConfig
 

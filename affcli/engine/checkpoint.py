@@ -41,7 +41,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise AffError(path, "checkpoint not found")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a bad file
+    except Exception as exc:  # any failure to unpickle means a bad file
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise AffError(path, f"not a readable checkpoint ({type(exc).__name__}: {first})"
                        ) from None

@@ -26,7 +26,7 @@ class _SyncMoments(torch.autograd.Function):
     """(mean [C], biased var [C]) of y [R, C] over the rows of every process."""
 
     @staticmethod
-    def forward(ctx, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def forward(ctx, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.tensor([float(y.shape[0])], dtype=torch.float64, device=y.device)
         # float64 sums: the cancellation in E[y^2] - E[y]^2 would cost float32 digits
         y64 = y.double()
@@ -41,7 +41,7 @@ class _SyncMoments(torch.autograd.Function):
         return mean.to(y.dtype), var.to(y.dtype)
 
     @staticmethod
-    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor  # noqa: ANN001
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor
                  ) -> torch.Tensor:
         y, mean = ctx.saved_tensors
         # every process's loss depends on the shared statistics: sum their gradients
