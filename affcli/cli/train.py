@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -12,7 +12,9 @@ from affcli.cli.common import BatchSizeOpt, DeviceOpt, JsonOpt, QuietOpt, report
 from affcli.errors import AffError
 
 if TYPE_CHECKING:  # torch-free at import: `affcli --version` must stay cheap
+    from affcli.console import Reporter
     from affcli.engine.recipes import TrainConfig
+    from affcli.engine.trainer import Trainer
 
 # options a resumed run may change; everything else comes from the run's own config
 RESUMABLE = ("epochs", "workers", "device")
@@ -65,17 +67,8 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model with its paper's recipe; validate every epoch, keep best/last, test."""
-    from affcli.cli import current_args
-    from affcli.engine import distributed as D
-
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-        code = D.launch(nproc, _without_nproc(current_args()))
-        raise typer.Exit(code)
-
-    from affcli.console import TrainDisplay, metric_tables
-    from affcli.engine.recipes import resolve
-    from affcli.engine.trainer import Interrupted, Trainer
-
+        _relaunch(nproc)
     given = {"data": str(data) if data else None, "setting": setting, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "text_lr": text_lr,
              "weight_decay": weight_decay, "pairing_num": pairing_num, "num_points": points,
@@ -86,18 +79,39 @@ def train_cmd(
         from affcli.cli.import_checkpoint import parse_overrides
 
         given["model_config"] = parse_overrides(set_)
-    if resume is not None:
-        cfg = _resumed_config(resume, model, config, given)
-    else:
-        from affcli import models
+    cfg = (_resumed_config(resume, model, config, given) if resume is not None
+           else _new_config(model, config, given))
+    _run(cfg, resume, reporter(json_out, quiet))
 
-        if model is None:
-            raise AffError("train", f"name the model to train ({', '.join(models.available())})"
-                           ", or --resume RUN_DIR")
 
-        cls = models.model_class(model)
-        cfg = resolve(model.lower(), dict(cls.train_recipe), config, given)
-    rep = reporter(json_out, quiet)
+def _relaunch(nproc: int) -> NoReturn:
+    """This command line again, without --nproc, in `nproc` processes under torchrun."""
+    from affcli.cli import current_args
+    from affcli.engine import distributed as D
+
+    code = D.launch(nproc, _without_nproc(current_args()))
+    raise typer.Exit(code)
+
+
+def _new_config(model: str | None, config: Path | None, given: dict[str, object]
+                ) -> TrainConfig:
+    """The model's paper recipe, then the YAML file's options, then the command line's."""
+    from affcli import models
+    from affcli.engine.recipes import resolve
+
+    if model is None:
+        raise AffError("train", f"name the model to train ({', '.join(models.available())})"
+                       ", or --resume RUN_DIR")
+    cls = models.model_class(model)
+    return resolve(model.lower(), dict(cls.train_recipe), config, given)
+
+
+def _run(cfg: TrainConfig, resume: Path | None, rep: Reporter) -> None:
+    """Train in this process (one of several under torchrun); rank 0 reports."""
+    from affcli.console import TrainDisplay
+    from affcli.engine import distributed as D
+    from affcli.engine.trainer import Interrupted, Trainer
+
     proc = D.setup(cfg.device)
     try:
         if proc.rank != 0:
@@ -105,12 +119,7 @@ def train_cmd(
         display = TrainDisplay(rep, cfg.epochs)
         trainer = Trainer(cfg, proc, hooks=display.hooks(), resume=resume)
         if proc.main:
-            n = sum(p.numel() for p in trainer.model.parameters())
-            rep.note(f"training {cfg.model} on {cfg.data} ({trainer.info.dataset} "
-                     f"{trainer.info.setting}, {len(trainer.train_set)} train / "
-                     f"{len(trainer.val_set)} {trainer.val_split} samples, {n:,} parameters) "
-                     f"on {proc.device}" + (f" x {proc.world} processes" if proc.distributed
-                                            else "") + f" -> {trainer.run_dir}")
+            _announce(rep, cfg, trainer)
         try:
             summary = trainer.run()
         except Interrupted as exc:
@@ -118,14 +127,31 @@ def train_cmd(
                 rep.note(f"saved {exc.run_dir / 'last.pt'}; {exc}")
             raise typer.Exit(130) from None
         if proc.main:
-            if summary["test"] is not None:
-                metric_tables(rep, summary["test"],
-                              f"{cfg.model} on {trainer.info.dataset} "
-                              f"{summary['test']['split']} (best epoch {summary['best_epoch']})")
-            rep.note(f"run folder: {summary['run_dir']}")
-            rep.result(summary)
+            _report(rep, cfg, trainer, summary)
     finally:
         D.teardown()
+
+
+def _announce(rep: Reporter, cfg: TrainConfig, trainer: Trainer) -> None:
+    proc = trainer.proc
+    n = sum(p.numel() for p in trainer.model.parameters())
+    rep.note(f"training {cfg.model} on {cfg.data} ({trainer.info.dataset} "
+             f"{trainer.info.setting}, {len(trainer.train_set)} train / "
+             f"{len(trainer.val_set)} {trainer.val_split} samples, {n:,} parameters) "
+             f"on {proc.device}" + (f" x {proc.world} processes" if proc.distributed
+                                    else "") + f" -> {trainer.run_dir}")
+
+
+def _report(rep: Reporter, cfg: TrainConfig, trainer: Trainer, summary: dict[str, Any]
+            ) -> None:
+    from affcli.console import metric_tables
+
+    if summary["test"] is not None:
+        metric_tables(rep, summary["test"],
+                      f"{cfg.model} on {trainer.info.dataset} "
+                      f"{summary['test']['split']} (best epoch {summary['best_epoch']})")
+    rep.note(f"run folder: {summary['run_dir']}")
+    rep.result(summary)
 
 
 def _without_nproc(args: list[str]) -> list[str]:
