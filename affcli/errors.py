@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from os import PathLike
 
-EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 

@@ -1,13 +1,15 @@
-"""Atomic file writing: every output affcli writes goes through `atomic_output`, so a
-failure or Ctrl-C never leaves a half-written file, and files get the permissions the
-user's umask asks for (mkstemp's 0600 is not what users expect of a dataset or checkpoint).
-Also the one JSON-safe conversion every JSON affcli prints or writes goes through."""
+"""Files in and out. Atomic file writing: every output affcli writes goes through
+`atomic_output`, so a failure or Ctrl-C never leaves a half-written file, and files get the
+permissions the user's umask asks for (mkstemp's 0600 is not what users expect of a dataset or
+checkpoint). Also the one JSON-safe conversion every JSON affcli prints or writes goes through,
+the numbered output folders (runs/.../<prefix>-N) and the reading of users' files."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +48,40 @@ def atomic_output(out: str | os.PathLike[str], force: bool = True) -> Iterator[P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def next_numbered_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """parent/<prefix>-N for the next free N (1 in an empty parent), created along with
+    `parent`. The mkdir is the claim: two runs starting at once never share a folder, the
+    loser of a race takes the next number."""
+    base = Path(parent)
+    base.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
+    n = max((int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))),
+            default=0) + 1
+    while True:
+        path = base / f"{prefix}-{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def read_user_bytes(path: str | os.PathLike[str], what: str = "file") -> bytes:
+    """The bytes of a file the user (or a dataset) named, or an AffError (exit 2) naming it:
+    missing, a folder, or unreadable (permissions, I/O error) - never a traceback. `what` says
+    what the file should be, for the messages ("image", "point cloud or mesh file")."""
+    path = Path(path)
+    if path.is_dir():  # checked first: reading a folder fails differently per platform
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise AffError(path, f"is a folder, expected {article} {what}")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AffError(path, f"{what} not found") from None
+    except OSError as exc:
+        raise AffError(path, f"cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def jsonable(value: Any) -> Any:

@@ -1,5 +1,5 @@
-"""The papers' metrics with the reference evaluation's definitions (on the CPU one compiled
-pass per sample, parallel over samples; on CUDA tensors whole-tensor torch operations):
+"""The papers' metrics with the reference evaluation's definitions (one compiled pass per
+sample, parallel over samples, on the CPU: the evaluator scores gathered NumPy predictions):
 
 - MAE:  mean absolute error over a sample's points;
 - SIM:  sum of the element-wise minimum of the two maps, each normalised to sum 1
@@ -28,71 +28,10 @@ METRICS = ("aiou", "auc", "sim", "mae")
 
 
 def _as_2d(x: Any, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().double()
+    t = torch.as_tensor(x).detach().cpu().double()
     if t.dim() != 2:
         raise ValueError(f"{name} must be [samples, points], got {list(t.shape)}")
     return t
-
-
-def sample_mae(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    return (pred - gt).abs().mean(1)
-
-
-def sample_sim(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    p = pred / (pred.sum(1, keepdim=True) + 1e-12)
-    g = gt / (gt.sum(1, keepdim=True) + 1e-12)
-    return torch.minimum(p, g).sum(1)
-
-
-def _positive_rank_sum(pred: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Sum over each row's positive points of their 1-based rank in the row's predictions,
-    tied values sharing their mean rank: one sort, then the tie groups' first and last
-    positions by running max / min, all in sorted order (nothing scattered back)."""
-    n = pred.shape[1]
-    values, order = pred.sort(dim=1)
-    idx = torch.arange(n, dtype=torch.float64, device=pred.device).expand_as(values)
-    starts_group = torch.ones_like(values, dtype=torch.bool)
-    starts_group[:, 1:] = values[:, 1:] != values[:, :-1]
-    ends_group = torch.ones_like(starts_group)
-    ends_group[:, :-1] = starts_group[:, 1:]
-    first = torch.where(starts_group, idx, 0.0).cummax(1).values
-    last = torch.where(ends_group, idx, float(n - 1)).flip(1).cummin(1).values.flip(1)
-    mean_rank = (first + last) / 2 + 1
-    return (mean_rank * pos.gather(1, order)).sum(1)
-
-
-def sample_auc(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Mann-Whitney form of the ROC AUC, identical to sklearn's with ties counted half."""
-    pos = gt >= 0.5
-    n_pos = pos.sum(1).double()
-    n_neg = (~pos).sum(1).double()
-    u = _positive_rank_sum(pred, pos) - n_pos * (n_pos + 1) / 2
-    auc = u / (n_pos * n_neg)
-    return torch.where((n_pos > 0) & (n_neg > 0), auc, torch.full_like(auc, float("nan")))
-
-
-def sample_aiou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """One pass: each point's bin among the thresholds, per-sample histograms of all and of
-    positive points, counts at or above each threshold by a reversed cumulative sum."""
-    s, n = pred.shape
-    pos = gt >= 0.5
-    thresholds = torch.linspace(0, 1, IOU_THRESHOLDS, dtype=torch.float64, device=pred.device)
-    # bin b = how many thresholds are <= the prediction, so pred >= t_j  <=>  bin > j
-    bins = torch.bucketize(pred, thresholds, right=True)
-    flat = (bins + (torch.arange(s, device=pred.device) * (IOU_THRESHOLDS + 1))[:, None]
-            ).reshape(-1)
-    size = s * (IOU_THRESHOLDS + 1)
-    every = torch.zeros(size, dtype=torch.float64, device=pred.device).index_add_(
-        0, flat, torch.ones(s * n, dtype=torch.float64, device=pred.device))
-    hits = torch.zeros(size, dtype=torch.float64, device=pred.device).index_add_(
-        0, flat, pos.reshape(-1).double())
-    every, hits = every.view(s, -1), hits.view(s, -1)
-    # at or above threshold j: bins j+1 .. T
-    above = every.flip(1).cumsum(1).flip(1)[:, 1:]
-    tp = hits.flip(1).cumsum(1).flip(1)[:, 1:]
-    n_pos = pos.sum(1, keepdim=True).double()
-    aiou = (tp / (above + n_pos - tp)).mean(1)
-    return torch.where(pos.any(1), aiou, torch.full_like(aiou, float("nan")))
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -168,22 +107,13 @@ def _rows(pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray
 
 def per_sample(pred: Any, gt: Any) -> dict[str, torch.Tensor]:
     """Every metric per sample (float64 tensors [S]); NaN where a sample is excluded.
-    CPU inputs run one compiled pass per sample; CUDA tensors the vectorised torch code."""
+    One compiled pass per sample on the CPU (tensors on a GPU are copied there first)."""
     p, g = _as_2d(pred, "pred"), _as_2d(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred {list(p.shape)} and gt {list(g.shape)} differ")
-    if not p.is_cuda:
-        thresholds = np.linspace(0, 1, IOU_THRESHOLDS)
-        rows = torch.from_numpy(_rows(p.contiguous().numpy(), g.contiguous().numpy(),
-                                      thresholds))
-        return {name: rows[:, i].contiguous() for i, name in enumerate(METRICS)}
-    return vectorised(p, g)
-
-
-def vectorised(p: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The same metrics as whole-tensor torch operations (any device)."""
-    return {"aiou": sample_aiou(p, g), "auc": sample_auc(p, g), "sim": sample_sim(p, g),
-            "mae": sample_mae(p, g)}
+    thresholds = np.linspace(0, 1, IOU_THRESHOLDS)
+    rows = torch.from_numpy(_rows(p.contiguous().numpy(), g.contiguous().numpy(), thresholds))
+    return {name: rows[:, i].contiguous() for i, name in enumerate(METRICS)}
 
 
 def _summary(values: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, float]:

@@ -1,5 +1,8 @@
 """PNG pictures of scored point clouds: two opposite views side by side, with a colourbar.
 
+The heatmap colormap lives here too: the PLY writer (affcli.data.pointio) colours points with
+`heatmap_colors`, so a PLY opened in a viewer and the PNG views show the same colours.
+
 Drawn with matplotlib's Agg canvas on a private Figure, so no display, no pyplot and no
 global backend switch is involved (safe inside servers, tests and threads).
 """
@@ -10,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from affcli.data.pointio import HEATMAP_CMAP, heatmap_colors
 from affcli.fileio import atomic_output
+
+# "jet"-like rainbows are what the field's score figures look like, and a rainbow keeps low,
+# middle and high scores apart better than a two-colour ramp. "turbo" is Google's fix of jet:
+# same hue order, but without jet's false bands around cyan/yellow and with darker, distinct
+# ends, so a colourbar reads the same way the points do.
+HEATMAP_CMAP = "turbo"
 
 ELEVATION = 20.0  # degrees: high enough to see tops (seats, lids), low enough to see sides
 # (azimuth, label): the second view is the first turned half way round, so together they show
@@ -100,3 +108,15 @@ def _marker_area(n: int, panel_w_px: float, panel_h_px: float) -> float:
     side = 0.5 * min(panel_w_px, panel_h_px)
     diameter_px = float(np.clip(1.8 * side / np.sqrt(n), 1.5, 12.0))
     return (diameter_px * 72.0 / DPI) ** 2
+
+
+def heatmap_colors(scores: np.ndarray, cmap: str = HEATMAP_CMAP) -> np.ndarray:
+    """Scores in [0, 1] (clipped) as uint8 RGB [M, 3] through the heatmap colormap (what the
+    PNG views and the PLY writer colour points with)."""
+    # lazy: importing this module (the PLY writer does) should not pay for matplotlib
+    from matplotlib import colormaps
+
+    s = np.asarray(scores, np.float64).reshape(-1)
+    if not np.isfinite(s).all():
+        raise ValueError("scores hold NaN/inf")
+    return colormaps[cmap](np.clip(s, 0.0, 1.0), bytes=True)[:, :3].copy()

@@ -1,4 +1,5 @@
-"""affcli.views.render_views: a PNG of the requested size, showing the points in heatmap colours."""
+"""affcli.views: render_views draws a PNG of the requested size, showing the points in heatmap
+colours; heatmap_colors maps scores through the colormap."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-from affcli.data.pointio import HEATMAP_CMAP
-from affcli.views import render_views
+from affcli.views import HEATMAP_CMAP, heatmap_colors, render_views
 
 
 def sphere(n: int, seed: int = 0) -> np.ndarray:
@@ -86,3 +86,12 @@ def test_bad_arrays_raise_value_error(tmp_path, points, scores):
     with pytest.raises(ValueError):
         render_views(points, scores, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_heatmap_colors_use_the_colormap():
+    scores = np.array([0.0, 0.5, 1.0, -0.2, 1.3])
+    rgb = heatmap_colors(scores)
+    assert rgb.shape == (5, 3) and rgb.dtype == np.uint8
+    expected = colormaps[HEATMAP_CMAP]([0.0, 0.5, 1.0, 0.0, 1.0], bytes=True)[:, :3]
+    np.testing.assert_array_equal(rgb, expected)
+    assert not (rgb[0] == rgb[2]).all()

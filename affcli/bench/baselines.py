@@ -83,7 +83,7 @@ class RawListed:
         return len(self.images)
 
     @staticmethod
-    def _parse_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def parse_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
         rows = []
         with open(path) as f:
             for line in f.readlines():
@@ -116,7 +116,7 @@ class RawListed:
             paths = [self.points[i]]
         clouds = []
         for p in paths:
-            pts, labels = self._parse_points(p)
+            pts, labels = self.parse_points(p)
             clouds.append((_unit_sphere(pts).T, labels[:, PIAD_AFFORDANCES.index(aff)]))
         desc = json.load(open(self.descriptions[i]))["Description"] if self.descriptions else ""
         return arr, clouds, sub, obj, desc

@@ -6,7 +6,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,11 +81,11 @@ def _clouds_only(ds: str, raw: Any, ours: Any, seconds: float, prep_s: float) ->
 
     def raw_get(i: int) -> None:
         for _ in range(ours.pairing_num):
-            raw._parse_points(raw.points[int(rng.integers(len(raw.points)))])
+            raw.parse_points(raw.points[int(rng.integers(len(raw.points)))])
 
     def h5_get(i: int) -> None:
         for _ in range(ours.pairing_num):
-            ours._cloud(int(rng.integers(n_shapes)), 0, None)
+            ours.cloud(int(rng.integers(n_shapes)), 0, None)
 
     raw_rate = _loop_rate(raw_get, seconds)
     h5_rate = _loop_rate(h5_get, seconds)
@@ -135,72 +135,110 @@ def realistic_clouds(batch_size: int, num_points: int, seed: int = 0) -> Any:
     return torch.from_numpy(np.stack(clouds))
 
 
+class _Timing(NamedTuple):
+    """One figure of `bench_ops`: ours per device ("cpu", "triton"), the reference's (ms)."""
+
+    ours: dict[str, float]
+    reference: float
+    extra: dict[str, Any] | None = None  # more columns (FPS: fpsample's figures)
+
+    def row(self, op: str) -> dict[str, Any]:
+        return {"op": op, "reference_ms": self.reference,
+                **{f"{k}_ms": v for k, v in self.ours.items()},
+                "speedup": self.reference / self.ours["cpu"], **(self.extra or {})}
+
+
+def _sync(device: str) -> Any:
+    import torch
+
+    return torch.cuda.synchronize if device == "triton" else None
+
+
 def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
               encoder: bool = True, seed: int = 0) -> list[dict[str, Any]]:
     """Milliseconds per call of the engine's ops and encoder: ours (CPU path; Triton too on
     CUDA) against the reference utility's algorithms, and FPS against `fpsample`."""
     import torch
 
-    from affcli import ops
-    from affcli.bench import baseline_ops as ref
-    from affcli.nn.pointnet2 import EncoderConfig, _gather_rows
+    from affcli.nn.pointnet2 import EncoderConfig
 
+    if batch_size < 1 or repeats < 1:
+        raise AffError("--batch-size/--repeats", "must be at least 1")
     if num_points < 512:
         raise AffError("--points", "must be at least 512 (the first level samples 512 centres)")
-    gen = torch.Generator().manual_seed(seed)
     xyz = realistic_clouds(batch_size, num_points, seed)
-    feats = xyz.clone()  # the first level's features are the coordinates, as in the models
     cfg = EncoderConfig()
     devices = [("cpu", xyz)]
     if torch.cuda.is_available():
         devices.append(("triton", xyz.cuda()))
-    rows: list[dict[str, Any]] = []
+    fps, centers = _bench_fps(devices, cfg.sa1_centers, repeats)
+    ball = _bench_ball_query(devices, centers, cfg, repeats)
+    gathers = _bench_gathers(devices, centers["cpu"], cfg, repeats)
+    parts = (fps, ball, gathers)
+    sampling = _Timing({k: sum(t.ours[k] for t in parts) for k in ball.ours},
+                       sum(t.reference for t in parts))
+    rows = [fps.row(f"FPS {num_points}->{cfg.sa1_centers}"), ball.row("ball query x3 (sa1)"),
+            gathers.row("gathers x3 (sa1)"), sampling.row("sampling + grouping"),
+            _bench_interpolation(devices, centers, cfg.sa1_centers, repeats, seed
+                                 ).row("3-NN + interpolation")]
+    if encoder:
+        rows.extend(_bench_encoder(xyz, repeats, devices))
+    return rows
 
-    def add(op: str, ours: dict[str, float], reference: float, extra: dict | None = None) -> None:
-        row = {"op": op, "reference_ms": reference, **{f"{k}_ms": v for k, v in ours.items()}}
-        row["speedup"] = reference / ours["cpu"]
-        row.update(extra or {})
-        rows.append(row)
 
-    centers = {}
-    # FPS
-    ours = {}
+def _bench_fps(devices: list, n_centers: int, repeats: int) -> tuple[_Timing, dict[str, Any]]:
+    """FPS to the first level's centres, and those centres per device (the next ops' input)."""
+    from affcli import ops
+    from affcli.bench import baseline_ops as ref
+    from affcli.nn.pointnet2 import gather_rows
+
+    ours, centers = {}, {}
     for name, x in devices:
-        sync = torch.cuda.synchronize if name == "triton" else None
-        ours[name] = _median_ms(lambda x=x: ops.farthest_point_sample(x, cfg.sa1_centers),
-                                repeats, sync)
-        centers[name] = _gather_rows(x, ops.farthest_point_sample(x, cfg.sa1_centers))
-    reference = _median_ms(lambda: ref.farthest_point_sample(xyz, cfg.sa1_centers), repeats)
-    extra = {}
+        ours[name] = _median_ms(lambda x=x: ops.farthest_point_sample(x, n_centers),
+                                repeats, _sync(name))
+        centers[name] = gather_rows(x, ops.farthest_point_sample(x, n_centers))
+    xyz = devices[0][1]
+    reference = _median_ms(lambda: ref.farthest_point_sample(xyz, n_centers), repeats)
+    extra: dict[str, Any] = {}
     try:
         import fpsample
 
         pcs = xyz.numpy()
         extra["fpsample_ms"] = _median_ms(lambda: [fpsample.bucket_fps_kdline_sampling(
-            p, cfg.sa1_centers, h=7, start_idx=0) for p in pcs], repeats)
+            p, n_centers, h=7, start_idx=0) for p in pcs], repeats)
         extra["fpsample_ratio"] = ours["cpu"] / extra["fpsample_ms"]
     except ImportError:
         extra["fpsample_ms"] = None
-    add(f"FPS {num_points}->{cfg.sa1_centers}", ours, reference, extra)
-    sampling = {k: v for k, v in ours.items()}
-    sampling_ref = reference
+    return _Timing(ours, reference, extra), centers
 
-    # ball query, the three sa1 scales
+
+def _bench_ball_query(devices: list, centers: dict[str, Any], cfg: Any, repeats: int
+                      ) -> _Timing:
+    """Ball query at the three scales of the first level."""
+    from affcli import ops
+    from affcli.bench import baseline_ops as ref
+
+    scales = list(zip(cfg.sa1_radii, cfg.sa1_neighbors, strict=True))
     ours = {}
     for name, x in devices:
-        sync = torch.cuda.synchronize if name == "triton" else None
         c = centers[name]
-        ours[name] = _median_ms(lambda x=x, c=c: [ops.ball_query(x, c, r, k) for r, k in zip(
-            cfg.sa1_radii, cfg.sa1_neighbors, strict=True)], repeats, sync)
-    c = centers["cpu"]
-    reference = _median_ms(lambda: [ref.ball_query(xyz, c, r, k) for r, k in zip(
-        cfg.sa1_radii, cfg.sa1_neighbors, strict=True)], repeats)
-    add("ball query x3 (sa1)", ours, reference)
-    sampling = {k: sampling[k] + v for k, v in ours.items()}
-    sampling_ref += reference
+        ours[name] = _median_ms(lambda x=x, c=c: [ops.ball_query(x, c, r, k) for r, k in scales],
+                                repeats, _sync(name))
+    xyz, c = devices[0][1], centers["cpu"]
+    reference = _median_ms(lambda: [ref.ball_query(xyz, c, r, k) for r, k in scales], repeats)
+    return _Timing(ours, reference)
 
-    # gathers: each scale's grouped [features; xyz] (the reference gathers the two and
-    # concatenates; channels-first, one gather of the concatenation does both)
+
+def _bench_gathers(devices: list, c: Any, cfg: Any, repeats: int) -> _Timing:
+    """Each scale's grouped [features; xyz] (the reference gathers the two and concatenates;
+    channels-first, one gather of the concatenation does both)."""
+    import torch
+
+    from affcli import ops
+    from affcli.bench import baseline_ops as ref
+
+    xyz = devices[0][1]
+    feats = xyz.clone()  # the first level's features are the coordinates, as in the models
     idxs = [ops.ball_query(xyz, c, r, k) for r, k in zip(cfg.sa1_radii, cfg.sa1_neighbors,
                                                            strict=True)]
     both = torch.cat([feats, xyz], dim=-1).transpose(1, 2).contiguous()  # [B, 6, N]
@@ -212,13 +250,20 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
     reference = _median_ms(lambda: [torch.cat([ref.index_points(feats, i),
                                                ref.index_points(xyz, i)], -1)
                                     for i in idxs], repeats)
-    add("gathers x3 (sa1)", ours, reference)
-    sampling = {k: sampling[k] + v for k, v in ours.items()}
-    sampling_ref += reference
-    add("sampling + grouping", sampling, sampling_ref)
+    return _Timing(ours, reference)
 
-    # 3-NN + interpolation, 512 -> N points, 128 channels
-    coarse_f = torch.randn(batch_size, 128, cfg.sa1_centers, generator=gen)
+
+def _bench_interpolation(devices: list, centers: dict[str, Any], n_centers: int, repeats: int,
+                         seed: int) -> _Timing:
+    """3-NN + interpolation of 128 channels from the centres back to every point."""
+    import torch
+
+    from affcli import ops
+    from affcli.bench import baseline_ops as ref
+
+    xyz, c = devices[0][1], centers["cpu"]
+    gen = torch.Generator().manual_seed(seed)
+    coarse_f = torch.randn(xyz.shape[0], 128, n_centers, generator=gen)
 
     def ours_interp(x: Any, c: Any, f: Any) -> Any:
         d, i = ops.three_nn(x, c)
@@ -237,11 +282,7 @@ def bench_ops(batch_size: int = 16, num_points: int = 2048, repeats: int = 3,
         ours["triton"] = _median_ms(lambda: ours_interp(xyz.cuda(), centers["triton"],
                                                         coarse_f.cuda()), repeats,
                                     torch.cuda.synchronize)
-    add("3-NN + interpolation", ours, _median_ms(ref_interp, repeats))
-
-    if encoder:
-        rows.extend(_bench_encoder(xyz, repeats, devices))
-    return rows
+    return _Timing(ours, _median_ms(ref_interp, repeats))
 
 
 def _bench_encoder(xyz: Any, repeats: int, devices: list) -> list[dict[str, Any]]:
@@ -295,7 +336,7 @@ def _bench_encoder(xyz: Any, repeats: int, devices: list) -> list[dict[str, Any]
 
 
 def bench_metrics(samples: int = 2416, points: int = 2048, seed: int = 0) -> dict[str, Any]:
-    """Seconds for all four metrics over `samples` x `points`: our vectorised torch version vs
+    """Seconds for all four metrics over `samples` x `points`: our compiled per-sample pass vs
     the reference evaluation's per-sample loop (sklearn roc_auc_score, numpy IoU/SIM/MAE),
     and the largest difference between the two."""
     from sklearn.metrics import roc_auc_score
@@ -342,11 +383,13 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
     from affcli import models
     from affcli.engine.trainer import TrainStep
 
+    classes = [models.model_class(name) for name in names]  # unknown names fail before any work
+    if steps < 1 or (batch_size is not None and batch_size < 1):
+        raise AffError("--steps/--batch-size", "must be at least 1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="affcli-bench-train-") as tmp:
         made: dict[str, Path] = {}
-        for name in names:
-            cls = models.model_class(name)
+        for name, cls in zip(names, classes, strict=True):
             kind = cls.dataset_kinds[0]
             if kind not in made:
                 synthesize(kind, Path(tmp) / kind, seed=seed, shapes_per_class=2)

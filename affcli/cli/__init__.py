@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # A closed pipe (e.g. `| head`) is the reader's choice, not our failure.
         return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence
+    except Exception as exc:  # the last line of defence
         if debug:
             traceback.print_exc()
         print_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)")

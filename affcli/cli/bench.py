@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import BatchSizeOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
 bench_app = typer.Typer(help="Benchmarks: loader, ops, metrics, train (JSON with --json).",
@@ -54,7 +54,7 @@ def loader_cmd(
 
 @bench_app.command("ops")
 def ops_cmd(
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Clouds per batch.")] = 16,
+    batch_size: BatchSizeOpt = 16,
     points: Annotated[int, typer.Option(help="Points per cloud (>= 512).")] = 2048,
     repeats: Annotated[int, typer.Option(help="Timed runs per figure (median).")] = 3,
     no_encoder: Annotated[bool, typer.Option("--no-encoder",
@@ -66,8 +66,6 @@ def ops_cmd(
     (and Triton on CUDA) vs the reference utility's algorithms, FPS vs fpsample."""
     from affcli.bench.runs import bench_ops
 
-    if batch_size < 1 or repeats < 1:
-        raise AffError("--batch-size/--repeats", "must be at least 1")
     rep = reporter(json_out, quiet)
     rep.note(f"B={batch_size}, N={points}, median of {repeats} runs (the reference encoder "
              "takes tens of seconds per run) ...")
@@ -102,7 +100,7 @@ def metrics_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """MAE, SIM, AUC and aIoU: vectorised torch vs the reference's per-sample sklearn loop."""
+    """MAE, SIM, AUC and aIoU: our compiled pass vs the reference's per-sample sklearn loop."""
     from affcli.bench.runs import bench_metrics
 
     if samples < 1 or points < 2:
@@ -120,10 +118,9 @@ def metrics_cmd(
 @bench_app.command("train")
 def train_cmd(
     model: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="pointrefer, iagnet, lmaffordance3d (repeatable; default all).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", help="Batch size (default: each paper's).")] = None,
+        "--model", "-m", help="Model name (repeatable; default: every model `affcli models` "
+        "lists).")] = None,
+    batch_size: BatchSizeOpt = None,
     points: Annotated[int | None, typer.Option(
         help="Subsample clouds to this many points (default: the data's 2048).")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per model (median).")] = 3,
@@ -136,11 +133,7 @@ def train_cmd(
     from affcli import models
     from affcli.bench.runs import bench_train
 
-    chosen = [m.lower() for m in (model or ["pointrefer", "iagnet", "lmaffordance3d"])]
-    for m in chosen:
-        models.model_class(m)  # unknown names exit 2 here
-    if steps < 1 or (batch_size is not None and batch_size < 1):
-        raise AffError("--steps/--batch-size", "must be at least 1")
+    chosen = [m.lower() for m in (model or models.available())]  # bench_train checks names
     rep = reporter(json_out, quiet)
     rep.note(f"timing {', '.join(chosen)} on {torch.get_num_threads()} CPU threads ...")
     rows = bench_train(chosen, batch_size, steps, points)

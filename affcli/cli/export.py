@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import BatchSizeOpt, ForceOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
 # what `--out` defaults to beside the source, by format (ultralytics' naming: best.onnx,
@@ -40,16 +40,14 @@ def export_cmd(
     path: Annotated[Path, typer.Argument(
         help="Run folder (uses best.pt), checkpoint file, or pretrained directory.",
         show_default=False)],
-    format: Annotated[str, typer.Option(  # noqa: A002 - the option's name
+    format: Annotated[str, typer.Option(  # shadows the builtin: it is the option's name
         "--format", "-f", help="onnx, torchscript or safetensors (a pretrained directory: "
         "config.json + model.safetensors).")] = "onnx",
     out: Annotated[Path | None, typer.Option(
         help="File to write (a directory for safetensors). Default: beside the source, e.g. "
-        "runs/pointrefer/seen-1/best.onnx.")] = None,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", help="Batch of the sample inputs the graph is traced with (the "
-        "batch stays dynamic in the file).")] = 2,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+        "runs/<model>/seen-1/best.onnx.")] = None,
+    batch_size: BatchSizeOpt = 2,
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -57,14 +55,13 @@ def export_cmd(
 
     The written file is loaded back and run on other sample inputs (another batch size);
     if any output differs from PyTorch's by more than 1e-4 the command exits 1 and writes
-    nothing."""
+    nothing. The graph is traced with --batch-size sample inputs; the batch stays dynamic in
+    the file."""
     from affcli.engine import exporter
 
     fmt = format.strip().lower()
     if fmt not in exporter.FORMATS:
         raise AffError("--format", f"must be one of {', '.join(exporter.FORMATS)}, got {format!r}")
-    if batch_size < 1:
-        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
     if not path.exists():
         raise AffError(path, "no such run folder, checkpoint or pretrained directory")
     target = default_output(path, fmt) if out is None else out

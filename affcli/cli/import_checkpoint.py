@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import ForceOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
 
@@ -16,11 +16,11 @@ def register(app: typer.Typer) -> None:
 
 
 def import_checkpoint_cmd(
-    model: Annotated[str, typer.Argument(help="pointrefer, iagnet or lmaffordance3d.")],
+    model: Annotated[str, typer.Argument(help="Model name (`affcli models` lists them).")],
     file: Annotated[Path, typer.Argument(help="The official checkpoint (.pt/.pth).")],
     out: Annotated[Path, typer.Option(help="Directory to write (config.json + "
                                            "model.safetensors).")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty OUT.")] = False,
+    force: ForceOpt = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Config override KEY=VALUE (repeatable; VALUE is JSON or a string), "
         "e.g. --set language_model=/models/llava-v1.6-vicuna-7b.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import ForceOpt, JsonOpt, QuietOpt, reporter
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +23,7 @@ def prepare_cmd(
     view: Annotated[str, typer.Option(help="AGPIL view: full, partial or rotation.")] = "full",
     out: Annotated[Path | None, typer.Option(
         help="Output file (default data/<dataset>_<setting>.h5).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import ForceOpt, JsonOpt, QuietOpt, reporter
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +23,7 @@ def synth_cmd(
     shapes_per_class: Annotated[int, typer.Option(
         "--shapes-per-class", "-k", help="Object instances per class (>= 2; the default "
         "gives about 1,000 LASO samples).")] = 22,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty OUT.")] = False,
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from affcli.cli.common import JsonOpt, QuietOpt, reporter
+from affcli.cli.common import BatchSizeOpt, DeviceOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
+
+if TYPE_CHECKING:  # torch-free at import: `affcli --version` must stay cheap
+    from affcli.console import Reporter
+    from affcli.engine.recipes import TrainConfig
+    from affcli.engine.trainer import Trainer
 
 # options a resumed run may change; everything else comes from the run's own config
 RESUMABLE = ("epochs", "workers", "device")
@@ -22,23 +27,23 @@ def register(app: typer.Typer) -> None:
 
 def train_cmd(
     model: Annotated[str | None, typer.Argument(
-        help="pointrefer, iagnet or lmaffordance3d (omit with --resume).")] = None,
+        help="Model name (`affcli models` lists them; omit with --resume).")] = None,
     data: Annotated[Path | None, typer.Option(
         help="Prepared HDF5 file (default data/<dataset>_<setting>.h5).")] = None,
     setting: Annotated[str | None, typer.Option(help="seen or unseen.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (paper default per model).")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", help="Global batch size (split over --nproc processes).")] = None,
+    batch_size: BatchSizeOpt = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     text_lr: Annotated[float | None, typer.Option(
-        help="Text encoder learning rate (PointRefer).")] = None,
+        help="Text encoder learning rate (models with a separately trained text encoder)."
+    )] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     pairing_num: Annotated[int | None, typer.Option(
         help="PIAD/AGPIL: point clouds paired with each training image.")] = None,
     points: Annotated[int | None, typer.Option(
         help="Subsample every cloud to this many points (a fixed subset per shape; faster on "
         "the CPU). Default: the file's count.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    device: DeviceOpt = None,
     amp: Annotated[bool | None, typer.Option(
         "--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -55,23 +60,15 @@ def train_cmd(
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder from its last.pt.")] = None,
     nproc: Annotated[int | None, typer.Option(
-        help="Train with this many processes on this machine (DistributedDataParallel).")
+        help="Train with this many processes on this machine (DistributedDataParallel; "
+        "--batch-size is the global batch, split over them).")
     ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model with its paper's recipe; validate every epoch, keep best/last, test."""
-    from affcli.cli import current_args
-    from affcli.engine import distributed as D
-
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-        code = D.launch(nproc, _without_nproc(current_args()))
-        raise typer.Exit(code)
-
-    from affcli.console import TrainDisplay, metric_tables
-    from affcli.engine.recipes import resolve
-    from affcli.engine.trainer import Interrupted, Trainer
-
+        _relaunch(nproc)
     given = {"data": str(data) if data else None, "setting": setting, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "text_lr": text_lr,
              "weight_decay": weight_decay, "pairing_num": pairing_num, "num_points": points,
@@ -82,17 +79,39 @@ def train_cmd(
         from affcli.cli.import_checkpoint import parse_overrides
 
         given["model_config"] = parse_overrides(set_)
-    if resume is not None:
-        cfg = _resumed_config(resume, model, config, given)
-    else:
-        if model is None:
-            raise AffError("train", "name the model to train (pointrefer, iagnet, "
-                           "lmaffordance3d), or --resume RUN_DIR")
-        from affcli import models
+    cfg = (_resumed_config(resume, model, config, given) if resume is not None
+           else _new_config(model, config, given))
+    _run(cfg, resume, reporter(json_out, quiet))
 
-        cls = models.model_class(model)
-        cfg = resolve(model.lower(), dict(cls.train_recipe), config, given)
-    rep = reporter(json_out, quiet)
+
+def _relaunch(nproc: int) -> NoReturn:
+    """This command line again, without --nproc, in `nproc` processes under torchrun."""
+    from affcli.cli import current_args
+    from affcli.engine import distributed as D
+
+    code = D.launch(nproc, _without_nproc(current_args()))
+    raise typer.Exit(code)
+
+
+def _new_config(model: str | None, config: Path | None, given: dict[str, object]
+                ) -> TrainConfig:
+    """The model's paper recipe, then the YAML file's options, then the command line's."""
+    from affcli import models
+    from affcli.engine.recipes import resolve
+
+    if model is None:
+        raise AffError("train", f"name the model to train ({', '.join(models.available())})"
+                       ", or --resume RUN_DIR")
+    cls = models.model_class(model)
+    return resolve(model.lower(), dict(cls.train_recipe), config, given)
+
+
+def _run(cfg: TrainConfig, resume: Path | None, rep: Reporter) -> None:
+    """Train in this process (one of several under torchrun); rank 0 reports."""
+    from affcli.console import TrainDisplay
+    from affcli.engine import distributed as D
+    from affcli.engine.trainer import Interrupted, Trainer
+
     proc = D.setup(cfg.device)
     try:
         if proc.rank != 0:
@@ -100,12 +119,7 @@ def train_cmd(
         display = TrainDisplay(rep, cfg.epochs)
         trainer = Trainer(cfg, proc, hooks=display.hooks(), resume=resume)
         if proc.main:
-            n = sum(p.numel() for p in trainer.model.parameters())
-            rep.note(f"training {cfg.model} on {cfg.data} ({trainer.info.dataset} "
-                     f"{trainer.info.setting}, {len(trainer.train_set)} train / "
-                     f"{len(trainer.val_set)} {trainer.val_split} samples, {n:,} parameters) "
-                     f"on {proc.device}" + (f" x {proc.world} processes" if proc.distributed
-                                            else "") + f" -> {trainer.run_dir}")
+            _announce(rep, cfg, trainer)
         try:
             summary = trainer.run()
         except Interrupted as exc:
@@ -113,14 +127,31 @@ def train_cmd(
                 rep.note(f"saved {exc.run_dir / 'last.pt'}; {exc}")
             raise typer.Exit(130) from None
         if proc.main:
-            if summary["test"] is not None:
-                metric_tables(rep, summary["test"],
-                              f"{cfg.model} on {trainer.info.dataset} "
-                              f"{summary['test']['split']} (best epoch {summary['best_epoch']})")
-            rep.note(f"run folder: {summary['run_dir']}")
-            rep.result(summary)
+            _report(rep, cfg, trainer, summary)
     finally:
         D.teardown()
+
+
+def _announce(rep: Reporter, cfg: TrainConfig, trainer: Trainer) -> None:
+    proc = trainer.proc
+    n = sum(p.numel() for p in trainer.model.parameters())
+    rep.note(f"training {cfg.model} on {cfg.data} ({trainer.info.dataset} "
+             f"{trainer.info.setting}, {len(trainer.train_set)} train / "
+             f"{len(trainer.val_set)} {trainer.val_split} samples, {n:,} parameters) "
+             f"on {proc.device}" + (f" x {proc.world} processes" if proc.distributed
+                                    else "") + f" -> {trainer.run_dir}")
+
+
+def _report(rep: Reporter, cfg: TrainConfig, trainer: Trainer, summary: dict[str, Any]
+            ) -> None:
+    from affcli.console import metric_tables
+
+    if summary["test"] is not None:
+        metric_tables(rep, summary["test"],
+                      f"{cfg.model} on {trainer.info.dataset} "
+                      f"{summary['test']['split']} (best epoch {summary['best_epoch']})")
+    rep.note(f"run folder: {summary['run_dir']}")
+    rep.result(summary)
 
 
 def _without_nproc(args: list[str]) -> list[str]:
@@ -139,7 +170,7 @@ def _without_nproc(args: list[str]) -> list[str]:
 
 
 def _resumed_config(run_dir: Path, model: str | None, config: Path | None,
-                    given: dict[str, object]):  # noqa: ANN202 - TrainConfig
+                    given: dict[str, object]) -> TrainConfig:
     from affcli.engine import checkpoint as ckpt
     from affcli.engine.recipes import TrainConfig
 
@@ -167,9 +198,9 @@ def eval_cmd(
     data: Annotated[Path | None, typer.Option(
         help="Prepared HDF5 file (default: the one the run trained on).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")] = 16,
+    batch_size: BatchSizeOpt = 16,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     save_predictions: Annotated[Path | None, typer.Option(
         help="Write the predicted heatmaps and ground truth to this HDF5 file.")] = None,
     baseline: Annotated[bool, typer.Option(
@@ -188,8 +219,6 @@ def eval_cmd(
     from affcli.engine.evaluator import save_predictions as save
     from affcli.engine.trainer import check_data
 
-    if batch_size < 1:
-        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
     rep = reporter(json_out, quiet)
     model, doc, source = load_model(path)
     model_type = model.config.model_type

@@ -336,8 +336,10 @@ class PiadDataset(H5Dataset):
         self.instructions = (g["samples/instruction"].asstr()[()]
                              if "instruction" in g["samples"] else None)
 
-    def _cloud(self, shape: int, affordance: int, rng: np.random.Generator | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def cloud(self, shape: int, affordance: int, rng: np.random.Generator | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """One shape's points [N, 3] and its mask for `affordance`, randomly rotated when
+        `rng` is given and the dataset rotates (public: `affcli bench loader` times it)."""
         points = self._points(shape)
         if rng is not None and self.rotate:
             # Rotating before or after normalising gives the same cloud (the centroid
@@ -361,13 +363,13 @@ class PiadDataset(H5Dataset):
             pool = self.shapes_of_class[int(self.sample_object[i])]
             # The reference draws without replacement; a class with fewer clouds repeats some.
             picks = rng.choice(pool, size=self.pairing_num, replace=len(pool) < self.pairing_num)
-            clouds = [self._cloud(int(s), aff, rng) for s in picks]
+            clouds = [self.cloud(int(s), aff, rng) for s in picks]
             item["points"] = torch.from_numpy(np.stack([c[0] for c in clouds]))
             item["mask"] = torch.from_numpy(np.stack([c[1] for c in clouds]))
             item["shape"] = torch.from_numpy(picks.astype(np.int64))
         else:
             shape = int(self.sample_shape[i])
-            points, mask = self._cloud(shape, aff, None)
+            points, mask = self.cloud(shape, aff, None)
             item.update(points=torch.from_numpy(points), mask=torch.from_numpy(mask), shape=shape)
         if self.instructions is not None:
             item["instruction"] = str(self.instructions[i])

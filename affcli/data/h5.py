@@ -32,7 +32,7 @@ import numpy as np
 
 from affcli import __version__
 from affcli.errors import AffError
-from affcli.fileio import atomic_output
+from affcli.fileio import atomic_output, read_user_bytes
 
 SCHEMA_VERSION = 1
 DATASETS = ("laso", "piad", "agpil")
@@ -78,14 +78,7 @@ class Manifest:
     entries: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def read_bytes(self, path: Path) -> bytes:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise AffError(path, "file not found") from None
-        except IsADirectoryError:
-            raise AffError(path, "is a directory, expected a file") from None
-        except OSError as exc:
-            raise AffError(path, f"cannot read: {exc.strerror or exc}") from None
+        data = read_user_bytes(path)
         self.add(path, data)
         return data
 

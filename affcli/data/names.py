@@ -37,8 +37,3 @@ def canonical_class(name: str) -> str | None:
 def laso_affordance(piad_name: str) -> str:
     """LASO's spelling of a PIAD affordance name."""
     return "wrap_grasp" if piad_name == "wrapgrasp" else piad_name
-
-
-def piad_affordance(laso_name: str) -> str:
-    """PIAD's spelling of a LASO affordance name."""
-    return "wrapgrasp" if laso_name == "wrap_grasp" else laso_name

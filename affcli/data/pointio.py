@@ -24,13 +24,8 @@ from typing import Any
 import numpy as np
 
 from affcli.errors import AffError
-from affcli.fileio import atomic_output
-
-# "jet"-like rainbows are what the field's score figures look like, and a rainbow keeps low,
-# middle and high scores apart better than a two-colour ramp. "turbo" is Google's fix of jet:
-# same hue order, but without jet's false bands around cyan/yellow and with darker, distinct
-# ends, so a colourbar reads the same way the points do.
-HEATMAP_CMAP = "turbo"
+from affcli.fileio import atomic_output, read_user_bytes
+from affcli.views import heatmap_colors  # PLY colours = PNG views' colours: one colormap
 
 MIN_POINTS = 3
 PIAD_SCORES = 17  # affordance columns in a PIAD point file
@@ -93,14 +88,7 @@ def read_shape(path: str | Path, mesh_samples: int = 10000, seed: int = 0) -> Sh
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise AffError(path, "file not found")
-    if path.is_dir():
-        raise AffError(path, "is a folder, expected a point cloud or mesh file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AffError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    data = read_user_bytes(path, "point cloud or mesh file")
     if not data:
         raise AffError(path, "empty file")
     return data
@@ -905,16 +893,6 @@ def _ply_ascii_table(path: Path, el: _PlyElement, rows: list[tuple[int, list[str
 
 # ---------------------------------------------------------------------------------------------
 # writing
-
-
-def heatmap_colors(scores: np.ndarray, cmap: str = HEATMAP_CMAP) -> np.ndarray:
-    """Scores in [0, 1] (clipped) as uint8 RGB [M, 3] through the heatmap colormap."""
-    from matplotlib import colormaps  # lazy: readers should not pay for matplotlib
-
-    s = np.asarray(scores, np.float64).reshape(-1)
-    if not np.isfinite(s).all():
-        raise ValueError("scores hold NaN/inf")
-    return colormaps[cmap](np.clip(s, 0.0, 1.0), bytes=True)[:, :3].copy()
 
 
 _OUT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),

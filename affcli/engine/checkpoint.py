@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from affcli.errors import AffError
-from affcli.fileio import atomic_output
+from affcli.fileio import atomic_output, next_numbered_dir
 
 FORMAT = "affcli-checkpoint"
 VERSION = 1
@@ -42,7 +41,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise AffError(path, "checkpoint not found")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a bad file
+    except Exception as exc:  # any failure to unpickle means a bad file
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise AffError(path, f"not a readable checkpoint ({type(exc).__name__}: {first})"
                        ) from None
@@ -85,18 +84,7 @@ def set_rng_state(doc: dict[str, Any]) -> None:
 
 def new_run_dir(root: str | Path, model: str, setting: str) -> Path:
     """runs/<model>/<setting>-N for the next free N (created, so two runs never share)."""
-    base = Path(root) / model
-    base.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^{re.escape(setting)}-(\d+)$")
-    taken = [int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))]
-    n = max(taken, default=0) + 1
-    while True:
-        path = base / f"{setting}-{n}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
+    return next_numbered_dir(Path(root) / model, setting)
 
 
 def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:

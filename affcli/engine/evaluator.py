@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from affcli import metrics
 from affcli.data.datasets import H5Dataset
 from affcli.engine.distributed import Process, ShardSampler, gather
+from affcli.errors import AffError
 from affcli.fileio import atomic_output
 
 
@@ -61,6 +62,8 @@ def predict(model: torch.nn.Module, dataset: H5Dataset, batch_size: int, proc: P
             workers: int = 0, amp: bool = False, dtype: torch.dtype | None = None
             ) -> Predictions | None:
     """Heatmaps of every sample of `dataset` (rank 0 gets all of them; None elsewhere)."""
+    if batch_size < 1:
+        raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_sampler=ShardSampler(len(dataset), batch_size, proc),

@@ -37,9 +37,6 @@ from affcli.errors import AffError
 from affcli.fileio import jsonable, write_json
 from affcli.models.config import load_state
 
-# the dataset a model trains on when neither --data nor a file for it is given
-DEFAULT_DATASET = {"laso": "laso", "piad": "piad", "agpil": "agpil"}
-
 
 class TrainStep(nn.Module):
     """The loss of a batch as a module's forward, so DistributedDataParallel sees (and
@@ -75,9 +72,9 @@ Hooks = dict[str, Callable[..., None]]
 
 
 def default_data(model_cls: type, setting: str) -> Path:
-    """data/<dataset>_<setting>.h5 for the first dataset kind of the model."""
-    kind = model_cls.dataset_kinds[0]
-    return Path("data") / f"{DEFAULT_DATASET[kind]}_{setting}.h5"
+    """data/<dataset>_<setting>.h5 for the first dataset kind of the model (what `affcli
+    prepare <dataset>` writes by default)."""
+    return Path("data") / f"{model_cls.dataset_kinds[0]}_{setting}.h5"
 
 
 def check_data(model_name: str, model_cls: type, path: Path) -> FileInfo:
@@ -284,7 +281,7 @@ class Trainer:
         # one stops at once.
         interrupted = {"flag": False}
 
-        def on_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
+        def on_sigint(signum: int, frame: Any) -> None:
             if interrupted["flag"]:
                 raise KeyboardInterrupt
             interrupted["flag"] = True

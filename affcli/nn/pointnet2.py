@@ -61,15 +61,10 @@ class SharedMLP(nn.Module):
         self.out_channels = last
 
     def _update_running(self, i: int, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
-        """BatchNorm's running statistics, as the module would keep them for y + bias."""
-        bn, lin = self.norms[i], self.linears[i]
-        if not bn.track_running_stats or bn.running_mean is None:
-            return
+        """BatchNorm's running statistics, as the module would keep them for y + bias (the
+        batch statistics here are of the pre-bias product y)."""
         with torch.no_grad():
-            m = bn.momentum if bn.momentum is not None else 0.1
-            bn.running_mean.mul_(1 - m).add_(m * (mean + lin.bias))
-            bn.running_var.mul_(1 - m).add_(m * var * rows / max(rows - 1, 1))
-            bn.num_batches_tracked.add_(1)
+            syncbn.update_running(self.norms[i], mean + self.linears[i].bias, var, rows)
 
     def _folded(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval BatchNorm as y * scale + shift for the pre-bias product y (the Linear's bias
@@ -148,7 +143,7 @@ class SharedMLP(nn.Module):
         return self._norm_relu(i, y.reshape(-1, shape[-1])).reshape(shape)
 
 
-def _gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """values [B, N, C], idx [B, ...] -> [B, ..., C] (index_select on the flattened batch:
     its backward is an index_add, much cheaper than advanced indexing's)."""
     b, n, c = values.shape
@@ -215,7 +210,7 @@ class SetAbstractionMSG(nn.Module):
         """xyz [B, N, 3], features [B, N, D] (or None when D = 0) ->
         (centres [B, M, 3], features [B, M, sum of the scales' last widths])."""
         centers_idx = farthest_point_sample(xyz, self.num_centers, start=self.fps_start)
-        centers = _gather_rows(xyz, centers_idx)
+        centers = gather_rows(xyz, centers_idx)
         outs = []
         for radius, k, mlp in zip(self.radii, self.num_neighbors, self.scales, strict=True):
             idx = ball_query(xyz, centers, radius, k)

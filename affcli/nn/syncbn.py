@@ -26,7 +26,7 @@ class _SyncMoments(torch.autograd.Function):
     """(mean [C], biased var [C]) of y [R, C] over the rows of every process."""
 
     @staticmethod
-    def forward(ctx, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def forward(ctx, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.tensor([float(y.shape[0])], dtype=torch.float64, device=y.device)
         # float64 sums: the cancellation in E[y^2] - E[y]^2 would cost float32 digits
         y64 = y.double()
@@ -41,7 +41,7 @@ class _SyncMoments(torch.autograd.Function):
         return mean.to(y.dtype), var.to(y.dtype)
 
     @staticmethod
-    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor  # noqa: ANN001
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor
                  ) -> torch.Tensor:
         y, mean = ctx.saved_tensors
         # every process's loss depends on the shared statistics: sum their gradients
@@ -62,7 +62,9 @@ def moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def update_running(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor,
                    rows: int) -> None:
-    """BatchNorm's running averages from batch statistics over `rows` rows (unbiased var)."""
+    """BatchNorm's running averages from batch statistics over `rows` rows (unbiased var),
+    as torch's BatchNorm keeps them; shared by DistributedBatchNorm and pointnet2's SharedMLP,
+    which compute the batch statistics themselves."""
     if not bn.track_running_stats or bn.running_mean is None:
         return
     with torch.no_grad():

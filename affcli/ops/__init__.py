@@ -19,6 +19,7 @@ Semantics (identical in every backend; `tests/ops/oracle.py` spells them out):
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 import torch
 
@@ -63,7 +64,7 @@ def backend_for(t: torch.Tensor) -> str:
     return "triton" if t.is_cuda else "cpu"
 
 
-def _impl(t: torch.Tensor):  # noqa: ANN202 - a module
+def _impl(t: torch.Tensor) -> ModuleType:
     backend = backend_for(t)
     if backend == "triton":
         from affcli.ops import triton as impl

@@ -21,8 +21,8 @@ import triton.language as tl
 
 # The largest cloud FPS keeps entirely in registers (one program per cloud); larger clouds keep
 # the running distances in a global scratch buffer and stream over it in tiles of this size.
-_FPS_MAX_REGISTER_BLOCK = 8192
-_FPS_TILE = 2048
+FPS_MAX_REGISTER_BLOCK = 8192
+FPS_TILE = 2048
 # FMA would round differently from the CPU path and break exact index equality on near-ties.
 _EXACT = {"enable_fp_fusion": False}
 _INT_MAX = tl.constexpr(2147483647)  # "no index" sentinel for index-min reductions
@@ -40,6 +40,12 @@ def _on(t: torch.Tensor) -> Iterator[None]:
 
 def _block(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(int(n), 1)), cap)
+
+
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's interpreter (TRITON_INTERPRET=1 when triton was
+    first imported), the only way they run on CPU tensors. Decided once, at import."""
+    return type(_gather_kernel).__name__ == "InterpretedFunction"
 
 
 # --------------------------------------------------------------------------- kernels
@@ -264,12 +270,12 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, starts: torch.Tensor) -> to
     out = torch.empty((b, n), dtype=torch.int64, device=xyz.device)
     if out.numel() == 0:
         return out
-    in_registers = triton.next_power_of_2(num) <= _FPS_MAX_REGISTER_BLOCK
+    in_registers = triton.next_power_of_2(num) <= FPS_MAX_REGISTER_BLOCK
     if in_registers:
         block = triton.next_power_of_2(num)
         scratch = xyz  # unused by the kernel on this path
     else:
-        block = _block(num, _FPS_TILE)
+        block = _block(num, FPS_TILE)
         scratch = torch.full((b, num), float("inf"), dtype=torch.float32, device=xyz.device)
     # One program walks a whole cloud; spread a large register block over more warps.
     warps = max(4, min(16, block // 512))

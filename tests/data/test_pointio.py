@@ -8,17 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib import colormaps
 
-from affcli.data.pointio import (
-    HEATMAP_CMAP,
-    Shape,
-    heatmap_colors,
-    read_shape,
-    sample_surface,
-    write_ply,
-)
+from affcli.data.pointio import Shape, read_shape, sample_surface, write_ply
 from affcli.errors import AffError
+from affcli.views import heatmap_colors
 
 # unit cube [0, 1]^3; vertex 4x + 2y + z, quads listed with their corners in cyclic order
 CUBE01 = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.float64)
@@ -160,15 +153,6 @@ def test_write_ply_rejects_bad_scores(tmp_path, scores):
     with pytest.raises(ValueError):
         write_ply(tmp_path / "p.ply", np.zeros((3, 3)), scores)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_heatmap_colors_use_the_colormap():
-    scores = np.array([0.0, 0.5, 1.0, -0.2, 1.3])
-    rgb = heatmap_colors(scores)
-    assert rgb.shape == (5, 3) and rgb.dtype == np.uint8
-    expected = colormaps[HEATMAP_CMAP]([0.0, 0.5, 1.0, 0.0, 1.0], bytes=True)[:, :3]
-    np.testing.assert_array_equal(rgb, expected)
-    assert not (rgb[0] == rgb[2]).all()
 
 
 # ---------------------------------------------------------------------------------------------

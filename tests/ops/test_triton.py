@@ -29,7 +29,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Without a GPU the kernels must be interpreted. That is decided when triton (and its own
 # @jit library functions) is first imported, so if some other module imported it before this
 # file could set TRITON_INTERPRET, nothing here can repair it: say so instead of failing oddly.
-if DEVICE.type == "cpu" and type(tri._gather_kernel).__name__ != "InterpretedFunction":
+if DEVICE.type == "cpu" and not tri.interpreted():
     raise RuntimeError("no GPU and the Triton kernels are not interpreted: set TRITON_INTERPRET=1 "
                        "before triton is first imported (e.g. in the environment or conftest.py)")
 
@@ -70,8 +70,8 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.fixture
 def tiled_fps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force FPS onto its large-cloud path (distances in a scratch buffer, several tiles)."""
-    monkeypatch.setattr(tri, "_FPS_MAX_REGISTER_BLOCK", 16)
-    monkeypatch.setattr(tri, "_FPS_TILE", 32)
+    monkeypatch.setattr(tri, "FPS_MAX_REGISTER_BLOCK", 16)
+    monkeypatch.setattr(tri, "FPS_TILE", 32)
 
 
 # --------------------------------------------------------------------------- FPS
@@ -100,8 +100,8 @@ def test_fps_tiled_path(b: int, n_pts: int, n: int) -> None:
 @pytest.mark.parametrize("tiled", [False, True])
 def test_fps_exact_ties_take_lowest_index(tiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if tiled:
-        monkeypatch.setattr(tri, "_FPS_MAX_REGISTER_BLOCK", 16)
-        monkeypatch.setattr(tri, "_FPS_TILE", 16)
+        monkeypatch.setattr(tri, "FPS_MAX_REGISTER_BLOCK", 16)
+        monkeypatch.setattr(tri, "FPS_TILE", 16)
     # 27 distinct grid positions among 90 points: once they are exhausted every distance is 0
     # and the lowest index must win each round.
     xyz = _grid_points(2, 90, 3, seed=11)

@@ -174,25 +174,54 @@ def read_split(
     progress: Callable[[int], None] | None,
 ) -> SplitData:
     """Read one split of a PIAD-style dataset (PIAD, or AGPIL with descriptions)."""
-    img_entries = read_list_file(lists.images)
-    pt_entries = read_list_file(lists.points)
-    box_entries = read_list_file(lists.boxes) if lists.boxes is not None else None
-    desc_entries = read_list_file(lists.descriptions) if lists.descriptions else None
-    for other, entries in ((lists.boxes, box_entries), (lists.descriptions, desc_entries)):
-        if entries is not None and len(entries) != len(img_entries):
-            raise AffError(other, f"{len(entries)} entries, but {lists.images.name} has "
-                           f"{len(img_entries)} (they are paired line by line)")
-    paired = split == "test"
-    if paired and len(pt_entries) != len(img_entries):
-        raise AffError(lists.points, f"{len(pt_entries)} entries, but {lists.images.name} has "
-                       f"{len(img_entries)} (test pairs are listed line by line)")
+    entries = _read_lists(lists, paired=split == "test")
+    files, entry_shape = _read_shapes(entries.points, lists.points, roots, manifest, n, progress)
+    reader = _SampleReader(lists, entries, roots, manifest, files, entry_shape)
+    samples = []
+    for i, (line, entry) in enumerate(entries.images):
+        samples.append(reader.read(i, line, entry))
+        if progress:
+            progress(1)
+    return _split_data(files, samples, n, with_instructions=entries.descriptions is not None)
 
-    # Shapes: each distinct point file once.
+
+Entries = list[tuple[int, str]]  # (1-based line, entry) of a list file
+
+
+@dataclass
+class _ListEntries:
+    images: Entries
+    points: Entries
+    boxes: Entries | None
+    descriptions: Entries | None
+    paired: bool  # test: the i-th point file is the i-th image's shape
+
+
+def _read_lists(lists: ListFiles, paired: bool) -> _ListEntries:
+    """The split's list files, checked to pair up line by line where they must."""
+    images = read_list_file(lists.images)
+    points = read_list_file(lists.points)
+    boxes = read_list_file(lists.boxes) if lists.boxes is not None else None
+    descriptions = read_list_file(lists.descriptions) if lists.descriptions else None
+    for other, entries in ((lists.boxes, boxes), (lists.descriptions, descriptions)):
+        if entries is not None and len(entries) != len(images):
+            raise AffError(other, f"{len(entries)} entries, but {lists.images.name} has "
+                           f"{len(images)} (they are paired line by line)")
+    if paired and len(points) != len(images):
+        raise AffError(lists.points, f"{len(points)} entries, but {lists.images.name} has "
+                       f"{len(images)} (test pairs are listed line by line)")
+    return _ListEntries(images, points, boxes, descriptions, paired)
+
+
+def _read_shapes(entries: Entries, list_file: Path, roots: list[Path], manifest: Manifest,
+                 n: int, progress: Callable[[int], None] | None
+                 ) -> tuple[list[PointFile], list[int]]:
+    """Each distinct point file once, and the shape index of every list entry."""
     shape_of_path: dict[Path, int] = {}
     files: list[PointFile] = []
     entry_shape: list[int] = []
-    for line, entry in pt_entries:
-        path = resolve_entry(entry, roots, lists.points, line)
+    for line, entry in entries:
+        path = resolve_entry(entry, roots, list_file, line)
         key = path.resolve()
         if key not in shape_of_path:
             name_fields(path, "point")
@@ -202,65 +231,107 @@ def read_split(
         entry_shape.append(shape_of_path[key])
         if progress:
             progress(1)
-    classes_with_shapes = {f.object_class for f in files}
+    return files, entry_shape
 
-    m = len(img_entries)
-    s_shape = np.full(m, -1, np.int32)
-    s_obj = np.empty(m, np.int16)
-    s_aff = np.empty(m, np.int16)
-    jpegs: list[bytes] = []
-    sizes = np.zeros((m, 2), np.int32)
-    sub = np.zeros((m, 4), np.float32)
-    obj = np.zeros((m, 4), np.float32)
-    names: list[str] = []
-    instructions: list[str] | None = [] if desc_entries is not None else None
-    for i, (line, entry) in enumerate(img_entries):
-        img_path = resolve_entry(entry, roots, lists.images, line)
+
+@dataclass
+class _Sample:
+    shape: int  # -1 where not paired (train: shapes are drawn per class at load time)
+    object_class: str
+    affordance: str
+    jpeg: bytes
+    size: tuple[int, int]  # (height, width)
+    subject_box: np.ndarray  # float32 [4]
+    object_box: np.ndarray  # float32 [4]
+    image_name: str
+    instruction: str | None
+
+
+@dataclass
+class _SampleReader:
+    """Reads the i-th image entry of a split with its box and description files."""
+
+    lists: ListFiles
+    entries: _ListEntries
+    roots: list[Path]
+    manifest: Manifest
+    files: list[PointFile]
+    entry_shape: list[int]
+
+    def __post_init__(self) -> None:
+        self.classes_with_shapes = {f.object_class for f in self.files}
+
+    def read(self, i: int, line: int, entry: str) -> _Sample:
+        img_path = resolve_entry(entry, self.roots, self.lists.images, line)
         cls, aff = name_fields(img_path, "image")
-        if paired:
-            s_shape[i] = entry_shape[i]
-            pcls = files[entry_shape[i]].object_class
-            if pcls != cls:
-                raise AffError(lists.points, f"test pair mismatch: point file of class {pcls} "
-                               f"paired with image {img_path.name} of class {cls}",
-                               record=f"line {pt_entries[i][0]}")
-        elif cls not in classes_with_shapes:
-            raise AffError(lists.images, f"image {img_path.name} is of class {cls}, but "
-                           f"{lists.points.name} lists no point cloud of that class",
-                           record=f"line {line}")
-        blob, hw = read_image(img_path, manifest.read_bytes(img_path))
-        if box_entries is not None:
-            bline, bentry = box_entries[i]
-            box_path = resolve_entry(bentry, roots, lists.boxes, bline)  # type: ignore[arg-type]
-            sub[i], obj[i] = parse_box_json(box_path, manifest.read_bytes(box_path))
-            check_box_in_image(box_path, obj[i], hw, "object")
-            if sub[i].any():
-                check_box_in_image(box_path, sub[i], hw, "subject")
-        else:
-            obj[i] = (0, 0, hw[1], hw[0])  # no boxes: the whole image is the object
-        if instructions is not None:
-            dline, dentry = desc_entries[i]  # type: ignore[index]
-            dpath = resolve_entry(dentry, roots, lists.descriptions, dline)  # type: ignore[arg-type]
-            instructions.append(parse_description(dpath, manifest.read_bytes(dpath)))
-        s_obj[i] = OBJECT_CLASSES.index(cls)
-        s_aff[i] = PIAD_AFFORDANCES.index(aff)  # type: ignore[arg-type]
-        jpegs.append(blob)
-        sizes[i] = hw
-        names.append(img_path.name)
-        if progress:
-            progress(1)
+        shape = self._shape_of(i, line, img_path, cls)
+        blob, hw = read_image(img_path, self.manifest.read_bytes(img_path))
+        sub, obj = self._boxes(i, hw)
+        return _Sample(shape, cls, aff, blob, hw, sub, obj,  # type: ignore[arg-type]
+                       img_path.name, self._instruction(i))
 
-    s = len(files)
+    def _shape_of(self, i: int, line: int, img_path: Path, cls: str) -> int:
+        """The paired shape (test), after checking its class; -1 for train, whose class
+        must have point clouds to draw from."""
+        if self.entries.paired:
+            pcls = self.files[self.entry_shape[i]].object_class
+            if pcls != cls:
+                raise AffError(self.lists.points, f"test pair mismatch: point file of class "
+                               f"{pcls} paired with image {img_path.name} of class {cls}",
+                               record=f"line {self.entries.points[i][0]}")
+            return self.entry_shape[i]
+        if cls not in self.classes_with_shapes:
+            raise AffError(self.lists.images, f"image {img_path.name} is of class {cls}, but "
+                           f"{self.lists.points.name} lists no point cloud of that class",
+                           record=f"line {line}")
+        return -1
+
+    def _boxes(self, i: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(subject, object) boxes, checked against the image; without box files the whole
+        image is the object and there is no subject."""
+        if self.entries.boxes is None:
+            return np.zeros(4, np.float32), np.array((0, 0, hw[1], hw[0]), np.float32)
+        bline, bentry = self.entries.boxes[i]
+        box_path = resolve_entry(bentry, self.roots, self.lists.boxes, bline)  # type: ignore[arg-type]
+        sub, obj = parse_box_json(box_path, self.manifest.read_bytes(box_path))
+        sub, obj = np.asarray(sub, np.float32), np.asarray(obj, np.float32)
+        check_box_in_image(box_path, obj, hw, "object")
+        if sub.any():
+            check_box_in_image(box_path, sub, hw, "subject")
+        return sub, obj
+
+    def _instruction(self, i: int) -> str | None:
+        if self.entries.descriptions is None:
+            return None
+        dline, dentry = self.entries.descriptions[i]
+        dpath = resolve_entry(dentry, self.roots, self.lists.descriptions,  # type: ignore[arg-type]
+                              dline)
+        return parse_description(dpath, self.manifest.read_bytes(dpath))
+
+
+def _split_data(files: list[PointFile], samples: list[_Sample], n: int,
+                with_instructions: bool) -> SplitData:
+    """The arrays of a split: its shapes, and its samples in list order."""
     points = np.stack([f.points for f in files]) if files else np.zeros((0, n, 3), np.float32)
     labels = (np.stack([f.labels.T for f in files]) if files
               else np.zeros((0, len(PIAD_AFFORDANCES), n), np.float32))
+    m = len(samples)
     return SplitData(
         shape_ids=[f.shape_id for f in files], shape_points=points,
         shape_object=np.array([OBJECT_CLASSES.index(f.object_class) for f in files], np.int16)
-        if s else np.zeros(0, np.int16),
-        shape_labels=labels, sample_shape=s_shape, sample_object=s_obj, sample_affordance=s_aff,
-        instructions=instructions, image_jpeg=jpegs, image_size=sizes, subject_box=sub,
-        object_box=obj, image_name=names,
+        if files else np.zeros(0, np.int16),
+        shape_labels=labels,
+        sample_shape=np.array([x.shape for x in samples], np.int32).reshape(m),
+        sample_object=np.array([OBJECT_CLASSES.index(x.object_class) for x in samples],
+                               np.int16).reshape(m),
+        sample_affordance=np.array([PIAD_AFFORDANCES.index(x.affordance) for x in samples],
+                                   np.int16).reshape(m),
+        instructions=[x.instruction for x in samples] if with_instructions else None,
+        image_jpeg=[x.jpeg for x in samples],
+        image_size=np.array([x.size for x in samples], np.int32).reshape(m, 2),
+        subject_box=np.array([x.subject_box for x in samples], np.float32).reshape(m, 4),
+        object_box=np.array([x.object_box for x in samples], np.float32).reshape(m, 4),
+        image_name=[x.image_name for x in samples],
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from affcli.errors import AffError
+from affcli.fileio import read_user_bytes
 
 # (module, name) pairs needed to rebuild numpy arrays and scalars, across numpy 1.x and 2.x.
 _ALLOWED: frozenset[tuple[str, str]] = frozenset(
@@ -52,12 +53,7 @@ def safe_load_pickle(path: str | Path, data: bytes | None = None) -> Any:
     """
     path = Path(path)
     if data is None:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise AffError(path, "file not found") from None
-        except OSError as exc:
-            raise AffError(path, f"cannot read: {exc.strerror or exc}") from None
+        data = read_user_bytes(path)
     try:
         return _RestrictedUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
