@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from affcli.cli.common import QuietOpt, reporter
+from affcli.cli.common import BatchSizeOpt, DeviceOpt, ForceOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
 if TYPE_CHECKING:
@@ -120,11 +120,9 @@ def predict_cmd(
         help="Output folder (default: the next free runs/predict-N).")] = None,
     render: Annotated[bool, typer.Option(
         "--render", help="Also write a PNG of two views per shape.")] = False,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Overwrite files of the same name already in --out.")] = False,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", help="Shapes per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    force: ForceOpt = False,
+    batch_size: BatchSizeOpt = 8,
+    device: DeviceOpt = "auto",
     json_out: Annotated[bool, typer.Option(
         "--json", help="One JSON line per shape on stdout (scores summary and output files, "
         "or the error).")] = False,

@@ -19,7 +19,6 @@ that made its file unusable.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -263,22 +262,6 @@ def unique_stems(paths: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def next_output_dir(root: str | Path = RUNS_ROOT, prefix: str = "predict") -> Path:
-    """root/predict-N for the next free N, created (so two runs never share one)."""
-    base = Path(root)
-    base.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
-    n = max((int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))),
-            default=0) + 1
-    while True:
-        path = base / f"{prefix}-{n}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-
-
 class OutputWriter:
     """Writes `<stem>.ply`, `<stem>.npy` and, with `render`, `<stem>.png` per shape, each
     atomically. The folder (default: the next free runs/predict-N) is made at the first
@@ -300,7 +283,9 @@ class OutputWriter:
     def _folder(self) -> Path:
         if self._dir is None:
             if self._given is None:
-                self._dir = next_output_dir(self._root)
+                from affcli.fileio import next_numbered_dir
+
+                self._dir = next_numbered_dir(self._root, "predict")
             else:
                 if self._given.exists() and not self._given.is_dir():
                     raise AffError(self._given, "--out must be a folder, this is a file")

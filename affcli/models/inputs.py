@@ -106,17 +106,14 @@ def check_files(inputs: Sequence[ModelInput], values: Mapping[str, Any]) -> None
     """Read and parse the image and box files among `values` (AffError naming the file): a
     bad file is reported before any model is loaded."""
     from affcli.data.formats.piad import parse_box_json, read_image
+    from affcli.fileio import read_user_bytes
 
     for spec in inputs:
         value = values.get(spec.name)
         if value is None or spec.kind not in ("image", "boxes"):
             continue
         path = Path(value)
-        what = "image" if spec.kind == "image" else "box file"
-        if not path.is_file():
-            raise AffError(path, f"{what} not found" if not path.exists() else
-                           f"not a{'n' if what == 'image' else ''} {what}")
-        data = read_user_bytes(path, f"the {what}")
+        data = read_user_bytes(path, "image" if spec.kind == "image" else "box file")
         if spec.kind == "image":
             read_image(path, data)
         else:
@@ -130,20 +127,17 @@ def load_image_item(inputs: Sequence[ModelInput], values: Mapping[str, Any]) -> 
     file or option at fault."""
     from affcli.data.datasets import load_image
     from affcli.data.formats.piad import parse_box_json, read_image
+    from affcli.fileio import read_user_bytes
 
     image_spec = next(i for i in inputs if i.kind == "image")
     path = Path(values[image_spec.name])
-    if not path.is_file():
-        raise AffError(path, "image not found" if not path.exists() else "not an image file")
-    jpeg, (h, w) = read_image(path, read_user_bytes(path, "the image"))
+    jpeg, (h, w) = read_image(path, read_user_bytes(path, "image"))
     subject = np.zeros(4, np.float32)
     box_file = next((values[i.name] for i in inputs
                      if i.kind == "boxes" and values.get(i.name) is not None), None)
     if box_file is not None:
         box_path = Path(box_file)
-        if not box_path.is_file():
-            raise AffError(box_path, "box file not found")
-        subject, obj = parse_box_json(box_path, read_user_bytes(box_path, "the box file"))
+        subject, obj = parse_box_json(box_path, read_user_bytes(box_path, "box file"))
         where = box_path
     elif values.get(OBJECT_BOX) is not None:
         obj = np.array(values[OBJECT_BOX], np.float32)
@@ -184,10 +178,3 @@ def conditioning_item(inputs: Sequence[ModelInput], values: Mapping[str, Any]
         if any(i.kind in ("box", "boxes") for i in inputs):
             item[SUBJECT_BOX], item[OBJECT_BOX] = loaded[SUBJECT_BOX], loaded[OBJECT_BOX]
     return item
-
-
-def read_user_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise AffError(path, f"cannot read {what} ({exc.strerror or exc})") from None

@@ -170,7 +170,11 @@ def test_newest_run_is_picked_and_named(run_cli, trained_run, piad_demo, tmp_pat
     png = (tmp_path / "runs" / "predict-1" / "Point_Test_Chair_1.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["pointrefer", "predict-1"]
-    assert P.next_output_dir(tmp_path / "runs") == tmp_path / "runs" / "predict-2"
+    # the next predict writes to the next free number
+    code, _, err = run_cli("predict", piad_demo / "Point_Test_Chair_1.txt", "--question",
+                           QUESTION)
+    assert code == 0, err
+    assert (tmp_path / "runs" / "predict-2" / "Point_Test_Chair_1.npy").is_file()
 
 
 def test_no_run_at_all_says_how_to_get_one(run_cli, piad_demo, tmp_path, monkeypatch):
