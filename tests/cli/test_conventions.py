@@ -32,16 +32,16 @@ def test_help_and_version(run_cli):
     assert code == 0 and "--json" in out and "--quiet" in out and "--force" in out
 
 
-def test_usage_errors_exit_2(run_cli):
+def test_usage_errors_exit_2(run_cli, tmp_path):
     code, _, err = run_cli("prepare")
     assert code == 2 and err.startswith("error: ")
     code, _, err = run_cli("no-such-command")
     assert code == 2 and err.startswith("error: ")
-    code, _, err = run_cli("synth", "laso", "/tmp/x", "--shapes-per-class", "many")
+    code, _, err = run_cli("synth", "laso", tmp_path / "x", "--shapes-per-class", "many")
     assert code == 2 and "--shapes-per-class" in err
-    code, _, err = run_cli("synth", "nosuch", "/tmp/x-affcli-never-made")
+    code, _, err = run_cli("synth", "nosuch", tmp_path / "never-made")
     assert code == 2 and "unknown dataset 'nosuch'" in err
-    assert not Path("/tmp/x-affcli-never-made").exists()
+    assert list(tmp_path.iterdir()) == []  # neither bad command wrote anything
 
 
 def test_synth_json_and_quiet(tmp_path, run_cli):

@@ -192,8 +192,10 @@ def test_determinism() -> None:
 def test_n_points_and_errors() -> None:
     s = make_shape("Mug", np.random.default_rng(0), n_points=512)
     assert s.points.shape == (512, 3) and s.labels["grasp"].shape == (512,)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown synthetic class 'Teapot'"):
         make_shape("Teapot", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="n_points must be at least 64"):
+        make_shape("Mug", np.random.default_rng(0), n_points=10)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -306,8 +308,10 @@ def test_render_size_and_errors() -> None:
     assert img.size == (200, 300)
     _valid_box(sb, 200, 300)
     _valid_box(ob, 200, 300)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Knife has no affordance 'sit'; it has grasp, cut, stab"):
         render_interaction(s, "sit", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="image size must be at least 32x32"):
+        render_interaction(s, "cut", np.random.default_rng(0), size=(20, 200))
 
 
 def test_project_points_conventions() -> None:
