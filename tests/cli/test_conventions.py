@@ -94,6 +94,49 @@ def test_error_line_and_debug(tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
+def test_internal_error_exits_1_with_one_line(run_cli, monkeypatch, tmp_path):
+    """An unexpected exception (a bug, not bad input) exits 1 with one line naming it."""
+    import affcli.data.synth.run as synth_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in the engine")
+
+    monkeypatch.setattr(synth_run, "synthesize", broken)
+    code, out, err = run_cli("synth", "laso", tmp_path / "o", "-k", "2")
+    assert code == 1 and out == ""
+    assert err == "error: internal error: RuntimeError: boom in the engine (rerun with --debug)\n"
+    code, _, err = run_cli("synth", "laso", tmp_path / "o", "-k", "2", "--debug")
+    assert code == 1 and "Traceback" in err and "in broken" in err
+    assert err.rstrip().endswith("(rerun with --debug)")
+
+
+def test_ctrl_c_exits_130_and_leaves_no_partial_output(run_cli, monkeypatch, tmp_path):
+    """A real SIGINT (the signal Ctrl-C sends) while `affcli synth` is writing: exit 130 with
+    one line, and neither the output folder nor its temporary folder is left behind."""
+    import os
+    import signal
+
+    import affcli.data.synth.run as synth_run
+
+    real = synth_run.synthesize
+    written: list[int] = []
+
+    def ctrl_c_midway(dataset, out, seed, k, force, progress_factory):
+        def factory(total):
+            def tick(n):
+                written.append(n)
+                if len(written) == 5:  # five shapes written
+                    os.kill(os.getpid(), signal.SIGINT)
+            return tick
+        return real(dataset, out, seed, k, force, factory)
+
+    monkeypatch.setattr(synth_run, "synthesize", ctrl_c_midway)
+    code, out, err = run_cli("synth", "laso", tmp_path / "o", "-k", "2")
+    assert code == 130 and out == "" and err == "error: interrupted\n"
+    assert len(written) == 5  # stopped right there, long before the 32 shapes
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["bench", "loader", "--dataset", "nope"],
                                   ["bench", "loader", "--seconds", "0"]])
 def test_bench_bad_options(run_cli, args):
@@ -160,6 +203,28 @@ def test_bench_metrics_runs(run_cli):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["max_abs_difference"] < 1e-6 and doc["ours_s"] > 0 and doc["reference_s"] > 0
+
+
+def test_bench_train_runs(run_cli):
+    """One timed training step of the cheapest model on a small synthetic LASO set."""
+    code, out, err = run_cli("bench", "train", "-m", "pointrefer", "--steps", "1",
+                             "--points", "512", "--batch-size", "2", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["benchmark"] == "train"
+    (row,) = doc["rows"]
+    assert row["model"] == "pointrefer" and row["dataset"] == "laso"
+    assert row["batch_size"] == 2 and row["points"] == 512 and row["clouds_per_sample"] == 1
+    assert 0 < row["step_s"] < math.inf and 0 < row["samples_per_s"] < math.inf
+    # the point encoder (506,680 weights at any cloud size) and more are trained
+    assert row["trainable_parameters"] > 506_680
+
+
+def test_bench_train_bad_options_exit_2(run_cli):
+    code, out, err = run_cli("bench", "train", "-m", "pointrefer", "-m", "pointnext")
+    assert code == 2 and out == "" and err.startswith("error: ") and "'pointnext'" in err
+    code, _, err = run_cli("bench", "train", "-m", "pointrefer", "--steps", "0")
+    assert code == 2 and "--steps" in err and "at least 1" in err
 
 
 def test_synth_shapes_writes_loose_ply_files(tmp_path, run_cli):
