@@ -184,7 +184,19 @@ def test_bench_loader_compares_like_with_like(raw_root, prepared, name):
         np.testing.assert_allclose(mask, o["mask"].numpy(), atol=1e-6)
 
 
-def test_bench_ops_runs(run_cli):
+def test_bench_ops_runs(run_cli, monkeypatch):
+    import functools
+
+    import affcli.nn.pointnet2 as pn
+
+    # The encoder rows time the full-size encoder against the reference formulation (tens of
+    # seconds on a CI core even for one cloud); the same code paths run here on an encoder
+    # with the same structure at a tenth of the width and centres.
+    small = pn.EncoderConfig(
+        sa1_centers=64, sa1_neighbors=(8, 16, 16), sa1_mlps=((8, 8), (8, 16), (8, 16)),
+        sa2_centers=32, sa2_neighbors=(8, 16), sa2_mlps=((16, 16), (16, 24)),
+        sa3_centers=16, sa3_neighbors=(8, 8), sa3_mlps=((16, 16), (16, 24)))
+    monkeypatch.setattr(pn, "PointNet2Encoder", functools.partial(pn.PointNet2Encoder, small))
     code, out, err = run_cli("bench", "ops", "-b", "1", "--points", "600", "--repeats", "1",
                              "--json")
     assert code == 0, err
