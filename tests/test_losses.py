@@ -40,7 +40,7 @@ def test_heatmap_loss_by_hand():
     # 1.5 offset: a perfect prediction scores focal ~0 + (1.5 - 0.5 - 0.5) = 0.5
     t = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     assert losses.heatmap_loss(t, t).item() == pytest.approx(0.5, abs=1e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pred \[2, 4\] and target \[2, 5\] differ"):
         losses.heatmap_loss(torch.rand(2, 4), torch.rand(2, 5))
 
 

@@ -11,6 +11,7 @@ import sys
 import traceback
 
 import typer
+import typer.main
 from typer._click import exceptions as click_exc  # typer vendors its own click
 from typer.core import TyperGroup
 
@@ -104,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     _ARGS[:] = args + (["--debug"] if debug and "--debug" in (argv or sys.argv) else [])
     try:
-        rv = app(args=args, prog_name="affcli", standalone_mode=False)
+        # The click command itself rather than app(...): Typer's own main turns a Ctrl-C
+        # inside a command into a silent exit 130; here it reaches the handler below.
+        command = typer.main.get_command(app)
+        with command.make_context("affcli", args) as ctx:
+            rv = command.invoke(ctx)
         return int(rv) if isinstance(rv, int) else 0
     except AffError as exc:
         if debug:

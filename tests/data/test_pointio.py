@@ -147,10 +147,13 @@ def test_write_ply_custom_colors_and_overwrite(tmp_path):
     np.testing.assert_array_equal(shape.points, pts)
 
 
-@pytest.mark.parametrize("scores", [np.array([0.1, np.nan, 0.2]), np.array([0.1, 1.5, 0.2]),
-                                    np.zeros(2)])
-def test_write_ply_rejects_bad_scores(tmp_path, scores):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("scores, message", [
+    (np.array([0.1, np.nan, 0.2]), r"scores must be finite and within \[0, 1\]"),
+    (np.array([0.1, 1.5, 0.2]), r"scores must be finite and within \[0, 1\]"),
+    (np.zeros(2), r"scores have shape \(2,\), expected \(3,\)"),
+])
+def test_write_ply_rejects_bad_scores(tmp_path, scores, message):
+    with pytest.raises(ValueError, match=message):
         write_ply(tmp_path / "p.ply", np.zeros((3, 3)), scores)
     assert list(tmp_path.iterdir()) == []
 

@@ -4,6 +4,7 @@ predictions, and exit code 2 with the file named for every bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -82,9 +83,15 @@ def test_wrong_dataset_exits_2(run_cli, trained_run, prepared):
     assert code == 2 and "needs AGPIL" in err
 
 
-def test_missing_split_exits_2(run_cli, trained_run, prepared):
-    code, _, err = run_cli("eval", trained_run, "--split", "val", "--data", prepared("piad"))
-    assert code == 2  # PointRefer refuses PIAD before the split is looked at
+def test_missing_split_exits_2(run_cli, trained_run, prepared, tmp_path):
+    # a prepared LASO file (the right kind for this run) without a validation split
+    no_val = tmp_path / "laso_no_val.h5"
+    shutil.copyfile(prepared("laso"), no_val)
+    with h5py.File(no_val, "a") as f:
+        del f["val"]
+    code, _, err = run_cli("eval", trained_run, "--split", "val", "--data", no_val)
+    assert code == 2 and err.startswith(f"error: {no_val}: no split 'val'")
+    assert "(this file has train, test)" in err
     code, _, err = run_cli("eval", trained_run, "--split", "validation")
     assert code == 2 and "no split 'validation'" in err and "train, val, test" in err
 

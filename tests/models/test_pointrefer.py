@@ -56,11 +56,11 @@ def test_forward_shape_range_and_masking(model: PointRefer) -> None:
 
 
 def test_input_validation(model: PointRefer) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="2 point clouds but 1 questions"):
         model(_points(2), QUESTIONS[:1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"points must have shape \[B, N, C\], got \[\d+, 3\]"):
         model(_points(2)[0], QUESTIONS)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="questions must be a list of strings"):
         model(_points(1), "a single string, not a list")
 
 
