@@ -30,7 +30,7 @@ def import_checkpoint_cmd(
     """Map an official checkpoint's weights onto affcli's model and save it."""
     import warnings
 
-    from affcli.models.official import from_reference_state_dict, load_reference_checkpoint
+    from affcli.models.official import import_reference_state_dict, load_reference_checkpoint
 
     if out.exists() and any(out.iterdir()) and not force:
         raise AffError(out, "exists and is not empty; pass --force to overwrite")
@@ -41,15 +41,20 @@ def import_checkpoint_cmd(
         # the image backbone's random init is overwritten by the checkpoint at once
         warnings.simplefilter("ignore", UserWarning)
         try:
-            net = from_reference_state_dict(model, state, **overrides)
+            net, notes = import_reference_state_dict(model, state, **overrides)
         except AffError as exc:
             raise AffError(file, exc.reason) from None
+    for note in notes:
+        rep.note(f"note: {note}")
     net.save_pretrained(out)
     n = sum(p.numel() for p in net.parameters())
     rep.table(f"imported {model}", ["checkpoint", "tensors", "parameters", "saved to"],
               [(str(file), len(state), f"{n:,}", str(out))])
-    rep.result({"model": model, "checkpoint": str(file), "tensors": len(state),
-                "parameters": n, "out": str(out)})
+    doc = {"model": model, "checkpoint": str(file), "tensors": len(state),
+           "parameters": n, "out": str(out), "notes": notes}
+    if notes and hasattr(net.config, "language_model"):
+        doc["language_model_from"] = net.config.language_model
+    rep.result(doc)
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

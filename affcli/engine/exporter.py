@@ -259,6 +259,15 @@ def _tokenizer(text_model: str) -> Any:
                        ) from None
 
 
+@functools.lru_cache(maxsize=4)
+def _lm_tokenizer(language_model: str, rules: str) -> Any:
+    """LMAffordance3D's tokenizer alone, prepared by its tokenizer rules (the reference's
+    [PAD] and </s> for decoder-only language models)."""
+    from affcli.models.language import load_tokenizer
+
+    return load_tokenizer(language_model, rules)
+
+
 def tokenize(source: Source, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
     """A question (PointRefer) or instruction (LMAffordance3D), or one per cloud, as the
     graph's `input_ids` / `attention_mask` (int64 [B, L]), tokenised exactly as the model's
@@ -278,7 +287,8 @@ def tokenize(source: Source, texts: str | Sequence[str]) -> dict[str, torch.Tens
         return tokenize_questions(_tokenizer(config.text_encoder), texts, config.text_tokens)
     from affcli.models.zoo.lmaffordance3d import tokenize_instructions
 
-    return tokenize_instructions(_tokenizer(config.language_model), texts, config.text_tokens)
+    tokenizer = _lm_tokenizer(config.language_model, config.tokenizer_rules)
+    return tokenize_instructions(tokenizer, texts, config.text_tokens)
 
 
 def graph_inputs(source: Source, points: torch.Tensor | np.ndarray, *,

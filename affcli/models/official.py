@@ -130,7 +130,21 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overrides: Any
                               ) -> torch.nn.Module:
     """Our model `name` holding an official state dict's weights; every reference key must
-    map onto one of ours with the same shape, else AffError names the offenders."""
+    map onto one of ours with the same shape, else AffError names the offenders (see
+    `import_reference_state_dict`, which also returns notes)."""
+    return import_reference_state_dict(name, state, **overrides)[0]
+
+
+# our parameters an official checkpoint may lack as a whole: LAVIS saves only parameters
+# that require gradients, so an LMAffordance3D checkpoint holds no frozen LLM weights
+_MAY_LACK = {"lmaffordance3d": "language_model."}
+
+
+def import_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overrides: Any
+                                ) -> tuple[torch.nn.Module, list[str]]:
+    """(our model `name` with the official weights, notes for the user). A checkpoint with
+    none of the language model's keys keeps the weights `language_model` names (a note says
+    so); one with some of them must hold them all."""
     from affcli import models
 
     name = name.lower()
@@ -140,9 +154,19 @@ def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overr
     converted, _ = convert_state_dict(state, KEY_MAPS[name])
     model = models.build(name, **overrides)
     own = model.state_dict()
+    notes: list[str] = []
+    prefix = _MAY_LACK.get(name)
+    kept: set[str] = set()
+    if prefix and not any(k.startswith(prefix) for k in converted):
+        kept = {k for k in own if k.startswith(prefix)}
+        source = getattr(model.config, "language_model", "?")
+        notes.append(f"the checkpoint holds no language-model weights (the reference saves "
+                     f"only trained parameters); the frozen language model ({len(kept)} "
+                     f"tensors) comes from {source}, which must be the model it was trained "
+                     "with")
     unmapped = sorted(k for k in converted if k not in own)
     wrong = sorted(k for k in converted if k in own and converted[k].shape != own[k].shape)
-    missing = sorted(k for k in own if k not in converted)
+    missing = sorted(k for k in own if k not in converted and k not in kept)
     if unmapped or wrong or missing:
         parts = []
         for label, keys in (("keys with no counterpart", unmapped), ("shape mismatches", wrong),
@@ -150,6 +174,23 @@ def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overr
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:6])}"
                              + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else ""))
-        raise AffError("checkpoint", "does not match " + name + "; " + "; ".join(parts))
-    model.load_state_dict(converted, strict=True)
-    return model
+        hint = _hidden_size_hint(name, converted, model)
+        raise AffError("checkpoint", "does not match " + name + "; " + "; ".join(parts) + hint)
+    model.load_state_dict({**{k: own[k] for k in kept}, **converted}, strict=True)
+    return model, notes
+
+
+def _hidden_size_hint(name: str, converted: dict[str, torch.Tensor], model: torch.nn.Module
+                      ) -> str:
+    """For LMAffordance3D: the adapters' size names the language model they were trained
+    with."""
+    w = converted.get("adapter_up.2.weight")
+    if name != "lmaffordance3d" or w is None:
+        return ""
+    ours = model.language_model.config.hidden_size
+    if w.shape[0] == ours:
+        return ""
+    return (f" (its adapters are sized for a language model of hidden size {w.shape[0]}; "
+            f"language_model={model.config.language_model} has {ours}: pass "
+            "--set language_model=DIR with the model it was trained with, e.g. 4096 for "
+            "LLaVA-v1.6-Vicuna-7B)")

@@ -16,9 +16,11 @@ model's hidden size):
       pooled point-affordance tokens, Linear -> BatchNorm over the *points* axis (as the
       reference) -> ReLU -> Linear -> sigmoid.
 
-The paper's language model is a frozen LLaVA-v1.6-Vicuna-7B in bf16; `language_model=` takes
-any `transformers` model directory that accepts `inputs_embeds` (its base model's last hidden
-state is used). The default is the packaged MiniLM so that it runs offline on a laptop.
+The paper's language model is a frozen LLaVA-v1.6-Vicuna-7B in float16; `language_model=`
+takes any `transformers` model directory that accepts `inputs_embeds` (its base model's last
+hidden state is used): encoders, decoder-only LMs and LLaVA directories (loading, the
+reference's tokenisation and precision: `affcli/models/language.py`). The default is the
+packaged MiniLM so that it runs offline on a laptop.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from affcli.models import register
-from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model
+from affcli.models import language, register
+from affcli.models.backbones import DEFAULT_TEXT_MODEL
 from affcli.models.base import AffordanceOutput, ImagePointModel
 from affcli.models.config import ModelConfig
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
@@ -41,10 +43,7 @@ def tokenize_instructions(tokenizer: Any, instructions: Sequence[str], text_toke
                           ) -> dict[str, torch.Tensor]:
     """LMAffordance3D's tokenisation (`LMAffordance3D.tokenize`), usable with the tokenizer
     alone (e.g. to feed an exported graph): int64 input_ids / attention_mask [B, L]."""
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
-    text = tokenizer(list(instructions), return_tensors="pt", padding="longest",
-                     truncation=True, max_length=text_tokens)
-    return {k: text[k].long() for k in ("input_ids", "attention_mask")}
+    return language.tokenize(tokenizer, instructions, text_tokens)
 
 
 @dataclasses.dataclass
@@ -58,6 +57,13 @@ class LMAffordance3DConfig(ModelConfig):
     text_tokens: int = 32  # max_txt_len
     language_model: str = DEFAULT_TEXT_MODEL
     freeze_language_model: bool = True
+    # "auto": the reference's rules ([PAD] added, bos/eos/unk = </s>) for decoder-only LMs,
+    # the tokenizer's own for encoders; resolved when built, so config.json records it
+    tokenizer_rules: str = "auto"
+    # "auto": float16 for decoder-only LMs on a CUDA machine, else float32; or float16,
+    # bfloat16, float32 (the frozen LM's weights, loaded directly in it)
+    language_model_dtype: str = "auto"
+    gradient_checkpointing: bool = False  # through the language model's layers
     resnet18_weights: str | None = None
     fps_start: int | None = 0
 
@@ -104,7 +110,10 @@ class LMAffordance3D(ImagePointModel):
         c = config.emb_dim
         self.build_image_point_branch(c, config.n_points, config.n_coarse, config.fps_start,
                                       config.resnet18_weights)
-        self.language_model, self.tokenizer = load_text_model(config.language_model)
+        self.language_model, self.tokenizer, self.language_spec = language.load_language_model(
+            config.language_model, config.tokenizer_rules, config.language_model_dtype,
+            config.gradient_checkpointing)
+        config.tokenizer_rules = self.language_spec.rules
         if config.freeze_language_model:
             self.language_model.requires_grad_(False)
         hidden = self.language_model.config.hidden_size
@@ -174,11 +183,11 @@ class LMAffordance3D(ImagePointModel):
         p3 = levels[-1][1]
         spatial = self.fusion(feat.reshape(b, c, -1), p3.transpose(1, 2))  # [B, T, C]
 
-        embeds = self.language_model.get_input_embeddings()(input_ids)
+        embeds = language.embed_tokens(self.language_model, input_ids)
         seq, mask = self._insert_tokens(embeds, attention_mask, self.adapter_up(spatial))
         # a frozen language model still passes gradients to its inputs (the adapter, the
         # fusion and both encoders train through it), so no no_grad here
-        hidden = self.language_model(inputs_embeds=seq, attention_mask=mask).last_hidden_state
+        hidden = language.run_language_model(self.language_model, self.language_spec, seq, mask)
         hidden = self.adapter_down(hidden)
         t = spatial.shape[1]
         semantic, instructional = hidden[:, :t], hidden[:, t:]
