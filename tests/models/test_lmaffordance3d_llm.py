@@ -104,6 +104,44 @@ def _llava_llama_dir(root: Path, llama: Path) -> Path:
     return out
 
 
+def _llava_hf_dir(root: Path, llama: Path, layout: str) -> Path:
+    """The tiny Llama inside a transformers-format LLaVA (tiny CLIP tower, projector), its
+    weights saved under `language_model.model.*` (layout "old") or `model.language_model.*`
+    ("new", transformers >= 4.52)."""
+    from safetensors.torch import save_file
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=28, patch_size=14)
+    lm = LlamaForCausalLM.from_pretrained(llama)
+    state = {f"language_model.model.{k}": v for k, v in lm.model.state_dict().items()}
+    state["language_model.lm_head.weight"] = lm.lm_head.weight.detach()
+    torch.manual_seed(2)
+    full = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=vision, text_config=LlamaConfig.from_pretrained(llama), image_token_index=5))
+    for k, v in full.state_dict().items():
+        if "language_model" not in k and "lm_head" not in k:
+            state[k.removeprefix("model.")] = v
+    out = root / f"llava_hf_{layout}"
+    full.config.save_pretrained(out)
+    AutoTokenizer.from_pretrained(llama).save_pretrained(out)
+    if layout == "new":
+        state = {("lm_head.weight" if k == "language_model.lm_head.weight" else
+                  "model.language_model." + k.removeprefix("language_model.model.")
+                  if k.startswith("language_model.model.") else "model." + k): v
+                 for k, v in state.items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
 @pytest.fixture(scope="session")
 def lm_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lms")
@@ -279,6 +317,17 @@ def test_llava_directory_gives_its_language_model(lm_dirs, llama_model):
     ours = model.language_model.state_dict()
     plain = llama_model.language_model.state_dict()
     assert set(ours) == set(plain)  # no vision tower, no projector, no LM head
+    assert all(torch.equal(ours[k], plain[k]) for k in ours)
+
+
+@pytest.mark.parametrize("layout", ["old", "new"])
+def test_transformers_llava_directory(lm_dirs, llama_model, tmp_path, layout):
+    d = _llava_hf_dir(tmp_path, lm_dirs["llama"], layout)
+    assert language.detect_family(str(d)) == "llava"
+    lm, tok, spec = language.load_language_model(str(d))
+    assert spec.family == "llava" and spec.rules == "reference"
+    ours, plain = lm.state_dict(), llama_model.language_model.state_dict()
+    assert set(ours) == set(plain)  # the language model only
     assert all(torch.equal(ours[k], plain[k]) for k in ours)
 
 
