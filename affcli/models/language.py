@@ -64,17 +64,21 @@ class LanguageSpec:
 def _config_doc(source: str) -> dict[str, Any]:
     """The text model's config.json (a directory, or a name in the local HF cache)."""
     path = Path(source) / "config.json"
-    if path.is_file():
+    if not path.is_file():
         try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AffError(path, f"malformed JSON ({exc})") from None
-    try:
-        from transformers import AutoConfig
+            from transformers.utils import cached_file
 
-        return AutoConfig.from_pretrained(source, local_files_only=True).to_dict()
-    except (OSError, ValueError):
-        return {}  # load_text_model names the problem
+            found = cached_file(source, "config.json", local_files_only=True)
+        except (OSError, ValueError):
+            found = None
+        if found is None:
+            return {}  # load_text_model names the problem
+        path = Path(found)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AffError(path, f"malformed JSON ({exc})") from None
+    return doc if isinstance(doc, dict) else {}
 
 
 def family_of(doc: dict[str, Any]) -> str:
@@ -82,7 +86,7 @@ def family_of(doc: dict[str, Any]) -> str:
     model_type = str(doc.get("model_type", ""))
     if model_type == "llava_llama":
         return "llava_llama"
-    if model_type in LLAVA_TYPES or "text_config" in doc:
+    if model_type in LLAVA_TYPES:
         return "llava"
     from transformers.models.auto import modeling_auto as auto
 
@@ -148,10 +152,22 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _load_decoder(source: str, family: str, dtype: torch.dtype) -> nn.Module:
+    """`_load_decoder_with_info`, refusing a model whose weights were not all in `source`
+    (transformers would leave them at random)."""
+    model, info = _load_decoder_with_info(source, family, dtype)
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        raise AffError(source, f"the language model's weights are incomplete ({len(missing)} "
+                       f"missing, e.g. {', '.join(missing[:3])}); is it a {family} directory?")
+    return model
+
+
+def _load_decoder_with_info(source: str, family: str, dtype: torch.dtype
+                            ) -> tuple[nn.Module, dict[str, Any]]:
     """The base decoder (no LM head) of a decoder-only or LLaVA directory, in `dtype`."""
     from transformers import AutoConfig, AutoModel
 
-    kwargs = {"local_files_only": True, **_dtype_kwargs(dtype)}
+    kwargs = {"local_files_only": True, "output_loading_info": True, **_dtype_kwargs(dtype)}
     if family == "llava_llama":
         from transformers import LlamaConfig, LlamaModel
 
@@ -173,10 +189,10 @@ def _load_decoder(source: str, family: str, dtype: torch.dtype) -> nn.Module:
         except TypeError:  # transformers without key_mapping: load it all, keep the LM
             from transformers import AutoModelForImageTextToText
 
-            full = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+            full, info = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
             inner = getattr(full, "model", full)
             lm = getattr(inner, "language_model", None) or full.language_model
-            return getattr(lm, "model", lm)
+            return getattr(lm, "model", lm), info
     return AutoModel.from_pretrained(source, **kwargs)
 
 
@@ -199,8 +215,6 @@ def load_language_model(name_or_path: str | None, rules: str = "auto", dtype: st
         if torch_dtype is not None:
             model = model.to(torch_dtype)
     else:
-        if not Path(source).exists() and not _config_doc(source):
-            model, tokenizer = load_text_model(name_or_path)  # raises, naming the problem
         with _quiet_transformers():
             try:
                 model = _load_decoder(source, family, torch_dtype)

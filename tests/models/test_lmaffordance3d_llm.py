@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from affcli import losses, models
+from affcli.errors import AffError
 from affcli.models import language
 
 N = 512  # points; the head's BatchNorm fixes it per model
@@ -329,6 +330,14 @@ def test_transformers_llava_directory(lm_dirs, llama_model, tmp_path, layout):
     ours, plain = lm.state_dict(), llama_model.language_model.state_dict()
     assert set(ours) == set(plain)  # the language model only
     assert all(torch.equal(ours[k], plain[k]) for k in ours)
+    if layout == "new":  # weights under names we do not know: refused, not left at random
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(d / "model.safetensors"))
+        save_file({k.replace("language_model", "text_model"): v for k, v in state.items()},
+                  str(d / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(AffError, match="incomplete"):
+            language.load_language_model(str(d))
 
 
 def test_unpadded_batch_matches_single_instructions(llama_model):
