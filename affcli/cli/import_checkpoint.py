@@ -31,7 +31,7 @@ def import_checkpoint_cmd(
     import warnings
 
     from affcli.models.official import (
-        from_reference_state_dict,
+        import_reference_state_dict,
         load_reference_checkpoint,
         require_mapping,
     )
@@ -46,15 +46,21 @@ def import_checkpoint_cmd(
         # the image backbone's random init is overwritten by the checkpoint at once
         warnings.simplefilter("ignore", UserWarning)
         try:
-            net = from_reference_state_dict(model, state, **overrides)
+            net, notes = import_reference_state_dict(model, state, **overrides)
         except AffError as exc:
             raise AffError(file, exc.reason) from None
+    for note in notes:
+        rep.note(f"note: {note}")
     net.save_pretrained(out)
     n = sum(p.numel() for p in net.parameters())
     rep.table(f"imported {model}", ["checkpoint", "tensors", "parameters", "saved to"],
               [(str(file), len(state), f"{n:,}", str(out))])
-    rep.result({"model": model, "checkpoint": str(file), "tensors": len(state),
-                "parameters": n, "out": str(out)})
+    doc = {"model": model, "checkpoint": str(file), "tensors": len(state),
+           "parameters": n, "out": str(out), "notes": notes}
+    if notes:  # weights the checkpoint lacked, kept from where the config points
+        doc["weights_from"] = {field: getattr(net.config, field, None)
+                               for field in type(net).official_optional_prefixes.values()}
+    rep.result(doc)
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

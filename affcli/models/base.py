@@ -43,8 +43,9 @@ class AffordanceModel(nn.Module):
     - `fixed_point_count`: True when it only takes clouds of exactly `config.n_points`;
     - export: `graph_inputs`, `graph_outputs`, `graph_forward(*tensors)` (tensors only) and
       `graph_dynamic_axes()`; text inputs are tokenised by `tokenize_texts(config, texts)`;
-    - `official_key_rules` / `official_dropped_prefixes`: how the official implementation's
-      checkpoint keys map onto ours (`affcli import-checkpoint`; None: no mapping);
+    - `official_key_rules` / `official_dropped_prefixes` / `official_optional_prefixes` and
+      `official_mismatch_hint`: how the official implementation's checkpoint keys map onto
+      ours (`affcli import-checkpoint`; None: no mapping);
     - `train_hint`: the command printed when no trained run exists.
     """
 
@@ -58,6 +59,9 @@ class AffordanceModel(nn.Module):
     graph_outputs: ClassVar[tuple[str, ...]] = ("heatmap",)
     official_key_rules: ClassVar[tuple[tuple[str, str], ...] | None] = None
     official_dropped_prefixes: ClassVar[tuple[str, ...]] = ()
+    # our key prefix -> the config field naming where those weights come from, for parameters
+    # an official checkpoint may lack as a whole (e.g. a frozen language model it never saved)
+    official_optional_prefixes: ClassVar[dict[str, str]] = {}
     train_hint: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig) -> None:
@@ -157,6 +161,11 @@ class AffordanceModel(nn.Module):
         encoder = getattr(self, "point_encoder", None)
         least = int(encoder.sa1.num_centers) if encoder is not None else 1
         return {"points": {1: ("num_points", least, 1 << 20)}}
+
+    def official_mismatch_hint(self, converted: dict[str, torch.Tensor]) -> str:
+        """What to try when an official checkpoint does not fit (e.g. a config field to set
+        for the model it was trained with); "" when there is nothing to say."""
+        return ""
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AffordanceModel:

@@ -97,7 +97,17 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overrides: Any
                               ) -> torch.nn.Module:
     """Our model `name` holding an official state dict's weights; every reference key must
-    map onto one of ours with the same shape, else AffError names the offenders."""
+    map onto one of ours with the same shape, else AffError names the offenders (see
+    `import_reference_state_dict`, which also returns notes)."""
+    return import_reference_state_dict(name, state, **overrides)[0]
+
+
+def import_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overrides: Any
+                                ) -> tuple[torch.nn.Module, list[str]]:
+    """(our model `name` with the official weights, notes for the user). A checkpoint with
+    none of the keys under one of the model's `official_optional_prefixes` keeps the weights
+    the model was built with (a note says so: e.g. a frozen language model loaded from the
+    directory `language_model` names); one with some of them must hold them all."""
     from affcli import models
     from affcli.models.config import load_state
 
@@ -105,7 +115,22 @@ def from_reference_state_dict(name: str, state: dict[str, torch.Tensor], **overr
     require_mapping(name)
     converted, _ = convert_state_dict(state, key_map(name))
     model = models.build(name, **overrides)
-    load_state(model, converted, "checkpoint", labels=(
-        "our keys the checkpoint lacks", "keys with no counterpart", "shape mismatches"),
-        what=f"does not match {name}")
-    return model
+    own = model.state_dict()
+    notes: list[str] = []
+    kept: set[str] = set()
+    for prefix, field in type(model).official_optional_prefixes.items():
+        if not any(k.startswith(prefix) for k in converted):
+            taken = {k for k in own if k.startswith(prefix)}
+            kept |= taken
+            notes.append(f"the checkpoint holds no {prefix.rstrip('.')} weights (the official "
+                         f"code saves only trained parameters); these {len(taken)} tensors "
+                         f"come from {field}={getattr(model.config, field, '?')}, which must "
+                         "be the model it was trained with")
+    try:
+        load_state(model, {**{k: own[k] for k in kept}, **converted}, "checkpoint",
+                   labels=("our keys the checkpoint lacks", "keys with no counterpart",
+                           "shape mismatches"), what=f"does not match {name}")
+    except AffError as exc:
+        hint = model.official_mismatch_hint(converted)
+        raise AffError(exc.file, exc.reason + (f" ({hint})" if hint else "")) from None
+    return model, notes

@@ -16,22 +16,25 @@ model's hidden size):
       pooled point-affordance tokens, Linear -> BatchNorm over the *points* axis (as the
       reference) -> ReLU -> Linear -> sigmoid.
 
-The paper's language model is a frozen LLaVA-v1.6-Vicuna-7B in bf16; `language_model=` takes
-any `transformers` model directory that accepts `inputs_embeds` (its base model's last hidden
-state is used). The default is the packaged MiniLM so that it runs offline on a laptop.
+The paper's language model is a frozen LLaVA-v1.6-Vicuna-7B in float16; `language_model=`
+takes any `transformers` model directory that accepts `inputs_embeds` (its base model's last
+hidden state is used): encoders, decoder-only LMs and LLaVA directories (loading, the
+reference's tokenisation and precision: `affcli/models/language.py`). The default is the
+packaged MiniLM so that it runs offline on a laptop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from affcli.models import register
-from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model, load_tokenizer
+from affcli.models import language, register
+from affcli.models.backbones import DEFAULT_TEXT_MODEL
 from affcli.models.base import AffordanceOutput, ImagePointConfig, ImagePointModel, PointHead
 from affcli.models.inputs import ModelInput
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
@@ -41,10 +44,11 @@ def tokenize_instructions(tokenizer: Any, instructions: Sequence[str], text_toke
                           ) -> dict[str, torch.Tensor]:
     """LMAffordance3D's tokenisation (`LMAffordance3D.tokenize`), usable with the tokenizer
     alone (e.g. to feed an exported graph): int64 input_ids / attention_mask [B, L]."""
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
-    text = tokenizer(list(instructions), return_tensors="pt", padding="longest",
-                     truncation=True, max_length=text_tokens)
-    return {k: text[k].long() for k in ("input_ids", "attention_mask")}
+    return language.tokenize(tokenizer, instructions, text_tokens)
+
+
+# the tokenizer alone, prepared by the config's rules: what an exported graph's inputs need
+cached_tokenizer = functools.lru_cache(maxsize=4)(language.load_tokenizer)
 
 
 @dataclasses.dataclass
@@ -55,6 +59,13 @@ class LMAffordance3DConfig(ImagePointConfig):
     text_tokens: int = 32  # max_txt_len
     language_model: str = DEFAULT_TEXT_MODEL
     freeze_language_model: bool = True
+    # "auto": the reference's rules ([PAD] added, bos/eos/unk = </s>) for decoder-only LMs,
+    # the tokenizer's own for encoders; resolved when built, so config.json records it
+    tokenizer_rules: str = "auto"
+    # "auto": float16 for decoder-only LMs on a CUDA machine, else float32; or float16,
+    # bfloat16, float32 (the frozen LM's weights, loaded directly in it)
+    language_model_dtype: str = "auto"
+    gradient_checkpointing: bool = False  # through the language model's layers
 
 
 @register("lmaffordance3d", LMAffordance3DConfig)
@@ -89,6 +100,9 @@ class LMAffordance3D(ImagePointModel):
         (r"^llm_model\.", "language_model."),
     )
     official_dropped_prefixes = ("img_encoder.model.fc.",)
+    # LAVIS saves only parameters that require gradients: an official checkpoint holds no
+    # frozen language model, which then comes from the directory `language_model` names
+    official_optional_prefixes = {"language_model.": "language_model"}
     # the LAVIS project files: AdamW, linear warmup from 1e-6 over 2000 steps of the first
     # epoch, then cosine per epoch from 1e-4 to 1e-5, batch 6, 3 clouds per image
     train_recipe = {"epochs": 20, "batch_size": 6, "lr": 1e-4, "weight_decay": 0.06,
@@ -112,7 +126,10 @@ class LMAffordance3D(ImagePointModel):
         super().__init__(config)
         c = config.emb_dim
         self.build_image_point_branch(config)
-        self.language_model, self.tokenizer = load_text_model(config.language_model)
+        self.language_model, self.tokenizer, self.language_spec = language.load_language_model(
+            config.language_model, config.tokenizer_rules, config.language_model_dtype,
+            config.gradient_checkpointing)
+        config.tokenizer_rules = self.language_spec.rules
         if config.freeze_language_model:
             self.language_model.requires_grad_(False)
         hidden = self.language_model.config.hidden_size
@@ -122,6 +139,18 @@ class LMAffordance3D(ImagePointModel):
                                           nn.Linear(hidden, c))
         self.affordance_decoder = AffordanceRevealed(c, config.proj_dim)
         self.out_head = PointHead(c, points_norm=config.n_points)
+
+    def official_mismatch_hint(self, converted: dict[str, torch.Tensor]) -> str:
+        """The adapters' size names the language model an official checkpoint was trained
+        with."""
+        w = converted.get("adapter_up.2.weight")
+        ours = self.language_model.config.hidden_size
+        if w is None or w.shape[0] == ours:
+            return ""
+        return (f"its adapters are sized for a language model of hidden size {w.shape[0]}; "
+                f"language_model={self.config.language_model} has {ours}: pass --set "
+                "language_model=DIR with the model it was trained with, e.g. 4096 for "
+                "LLaVA-v1.6-Vicuna-7B")
 
     def language_model_parameters(self) -> Iterator[nn.Parameter]:
         return self.language_model.parameters()
@@ -159,8 +188,8 @@ class LMAffordance3D(ImagePointModel):
     @classmethod
     def tokenize_texts(cls, config: LMAffordance3DConfig, texts: Sequence[str]
                        ) -> dict[str, torch.Tensor]:
-        return tokenize_instructions(load_tokenizer(config.language_model), texts,
-                                     config.text_tokens)
+        tokenizer = cached_tokenizer(config.language_model, config.tokenizer_rules)
+        return tokenize_instructions(tokenizer, texts, config.text_tokens)
 
     def graph_forward(self, points: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor) -> torch.Tensor:
@@ -197,11 +226,11 @@ class LMAffordance3D(ImagePointModel):
         p3 = levels[-1][1]
         spatial = self.fusion(feat.reshape(b, c, -1), p3.transpose(1, 2))  # [B, T, C]
 
-        embeds = self.language_model.get_input_embeddings()(input_ids)
+        embeds = language.embed_tokens(self.language_model, input_ids)
         seq, mask = self._insert_tokens(embeds, attention_mask, self.adapter_up(spatial))
         # a frozen language model still passes gradients to its inputs (the adapter, the
         # fusion and both encoders train through it), so no no_grad here
-        hidden = self.language_model(inputs_embeds=seq, attention_mask=mask).last_hidden_state
+        hidden = language.run_language_model(self.language_model, self.language_spec, seq, mask)
         hidden = self.adapter_down(hidden)
         t = spatial.shape[1]
         semantic, instructional = hidden[:, :t], hidden[:, t:]
