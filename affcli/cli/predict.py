@@ -129,9 +129,8 @@ def predict_cmd(
     quiet: QuietOpt = False,
     **inputs: Any,
 ) -> None:
-    """Score every point of your own shape files: a heatmap PLY and the scores per shape.
-    The conditioning options are the inputs of the installed models (each option names the
-    models that take it)."""
+    """Score every point of your own shape files: a heatmap PLY and the scores per shape."""
+    # the conditioning options are the inputs of the installed models (`with_input_options`)
     from affcli.engine import predictor as P
     from affcli.models.inputs import check_files, parse_box
 
