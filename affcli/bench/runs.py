@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -373,10 +373,12 @@ def bench_metrics(samples: int = 2416, points: int = 2048, seed: int = 0) -> dic
 
 
 def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int = 3,
-                num_points: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+                num_points: int | None = None, seed: int = 0,
+                announce: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Samples/s of one training step (forward, loss, backward, optimizer step) per model,
     on batches of a small synthetic set of the model's own dataset kind, data loading
-    excluded. Batch size: the paper's unless given. One warm-up step, then the median."""
+    excluded. Batch size: the paper's unless given. One warm-up step, then the median.
+    `announce` receives a line saying what is timed, once the arguments are checked."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -386,6 +388,11 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
     classes = [models.model_class(name) for name in names]  # unknown names fail before any work
     if steps < 1 or (batch_size is not None and batch_size < 1):
         raise AffError("--steps/--batch-size", "must be at least 1")
+    for name, cls in zip(names, classes, strict=True):
+        if not cls.dataset_kinds:
+            raise AffError("--model", f"{name} declares no dataset kinds to train on")
+    if announce is not None:
+        announce(f"timing {', '.join(names)} on {torch.get_num_threads()} CPU threads ...")
     rows = []
     with tempfile.TemporaryDirectory(prefix="affcli-bench-train-") as tmp:
         made: dict[str, Path] = {}

@@ -128,15 +128,14 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Samples/s of a training step (forward, loss, backward, optimizer) per model."""
-    import torch
-
     from affcli import models
     from affcli.bench.runs import bench_train
 
-    chosen = [m.lower() for m in (model or models.available())]  # bench_train checks names
+    # bench_train checks the names; by default every model that declares training data
+    chosen = [m.lower() for m in model] if model else [
+        n for n in models.available() if models.model_class(n).dataset_kinds]
     rep = reporter(json_out, quiet)
-    rep.note(f"timing {', '.join(chosen)} on {torch.get_num_threads()} CPU threads ...")
-    rows = bench_train(chosen, batch_size, steps, points)
+    rows = bench_train(chosen, batch_size, steps, points, announce=rep.note)
     rep.table("training step throughput (one process, CPU)",
               ["model", "dataset", "batch", "clouds/sample", "points", "step (s)",
                "samples/s"],

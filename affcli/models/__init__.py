@@ -65,6 +65,11 @@ def register(name: str, config_cls: type[ModelConfig]) -> Callable[[type], type]
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Forget a model registered in this process (e.g. one a test defined)."""
+    _REGISTRY.pop(name, None)
+
+
 def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
 

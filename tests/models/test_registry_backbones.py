@@ -25,9 +25,9 @@ class TinyConfig(ModelConfig):
     layers: tuple[int, ...] = (4, 2)
 
 
-@models.register("tiny-test", TinyConfig)
 class Tiny(AffordanceModel):
-    """A small real model, registered only here, to exercise the registry machinery."""
+    """A small real model, registered only while this module's tests run (other tests see
+    only the real models), to exercise the registry machinery."""
 
     config_class = TinyConfig
 
@@ -39,6 +39,14 @@ class Tiny(AffordanceModel):
 
     def forward(self, points: torch.Tensor) -> AffordanceOutput:
         return AffordanceOutput(heatmap=torch.sigmoid(self.net(points)).squeeze(-1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_registered():
+    models.register("tiny-test", TinyConfig)(Tiny)
+    yield
+    models.unregister("tiny-test")
+    assert "tiny-test" not in models.available()
 
 
 def test_build_overrides_and_unknown():
