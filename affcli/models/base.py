@@ -96,7 +96,8 @@ class ImagePointModel(AffordanceModel):
     point_encoder, fp3, fp2, fp1) are the ones the official-checkpoint mappings target."""
 
     def build_image_point_branch(self, emb_dim: int, n_points: int, n_coarse: int,
-                                 fps_start: int | None, resnet18_weights: str | None) -> None:
+                                 fps_start: int | None, resnet18_weights: str | None,
+                                 fp_eps: float = 1e-8) -> None:
         from affcli.models.backbones import ImageEncoder
         from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
 
@@ -106,9 +107,9 @@ class ImagePointModel(AffordanceModel):
         enc_c = self.point_encoder.out_channels  # (3, 320, 512, 512)
         if enc_c[3] != emb_dim:
             raise ValueError(f"emb_dim must equal the encoder's {enc_c[3]} channels")
-        self.fp3 = FeaturePropagation(enc_c[2] + emb_dim, [768, 512])
-        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512])
-        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512])
+        self.fp3 = FeaturePropagation(enc_c[2] + emb_dim, [768, 512], eps=fp_eps)
+        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512], eps=fp_eps)
+        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512], eps=fp_eps)
 
     def upsample(self, levels: list[tuple[torch.Tensor, torch.Tensor]],
                  coarse: torch.Tensor) -> torch.Tensor:

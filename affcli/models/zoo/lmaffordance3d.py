@@ -102,8 +102,10 @@ class LMAffordance3D(ImagePointModel):
     def __init__(self, config: LMAffordance3DConfig) -> None:
         super().__init__(config)
         c = config.emb_dim
+        # the reference's PointNet2_utils adds 0.01 (not 1e-8) to the squared distances of
+        # the feature propagations (tests/models/test_golden_outputs.py checks against it)
         self.build_image_point_branch(c, config.n_points, config.n_coarse, config.fps_start,
-                                      config.resnet18_weights)
+                                      config.resnet18_weights, fp_eps=0.01)
         self.language_model, self.tokenizer = load_text_model(config.language_model)
         if config.freeze_language_model:
             self.language_model.requires_grad_(False)
