@@ -8,6 +8,9 @@ official key name and shape only) and on the inputs built here (`golden_points`,
 state dict from tests/fixtures/<model>_reference_keys.json, map it onto our model with
 `affcli.models.from_reference_state_dict` and compare.
 
+Batch 2; N = 1024 points for IAGNet and PointRefer, 2048 for LMAffordance3D (its head
+normalises over exactly N_raw points).
+
 How the fixtures were made (the official code is not part of this repository; it was run
 beside it, importing the helpers of this module for weights and inputs):
 
@@ -17,11 +20,13 @@ beside it, importing the helpers of this module for weights and inputs):
   `cpu`, and `farthest_point_sample` starts at index 0 instead of `torch.randint` (our
   `fps_start=0`). Boxes are passed as copies (the reference scales them in place).
 * PointRefer: yl3800/LASO @ c412ec376310fd9d2de0d3ea06516dea50b9d4e8, `model/PointRefer.py`
-  with `model/{attention,mm_group,pointnet2_utils}.py`, `get_PointRefer(N_raw=N,
-  num_affordance=17, n_groups=40)`; `text_encoder_type` is the packaged MiniLM
+  with `model/{attention,mm_group,pointnet2_utils}.py`, `PointRefer(N_raw=N,
+  num_affordance=17, n_groups=40, text_encoder_type=...)` with the packaged MiniLM
   (`affcli.models.backbones.packaged_minilm_path()`) instead of roberta-base, so the text
   model (its pretrained weights, not filled) and tokenizer are the same on both sides and
-  `text_resizer.0.weight` is [512, 384]. FPS start patched to 0 as above.
+  `text_resizer.0.weight` is [512, 384]. FPS start patched to 0 as above, and
+  `tokenizer.batch_encode_plus(...)` (gone from transformers 5) called as `tokenizer(...)`
+  with the same arguments.
 * LMAffordance3D: cn-hezhu/LMAffordance3D @ c2d1d5f867efeb7f822a4f71d2054bcb1cde4905,
   `LAVIS/lavis/models/affordance_models/LMAffordance3D.py` with its `PointNet2_utils.py`
   (whose feature propagation adds 0.01, not 1e-8, to squared distances). Substituted: the
@@ -36,7 +41,8 @@ The weight scales (`golden_param`, `FACTORS`, `SHIFTS`) were chosen for these pa
 draws (CPU `torch.Generator`, float64 normals) so that no heatmap is saturated or flat
 (`test_golden_fixtures_are_informative`); another draw could saturate PointRefer's.
 
-Max |ours - official| when the fixtures were made (CPU, torch 2.14, 1 or 2 threads alike):
+Max |ours - official| when the fixtures were made (CPU, torch 2.14, transformers 5.24; 1 or
+2 threads alike):
 IAGNet 1.5e-6 (heatmap) and 2.6e-6 (logits), PointRefer 5.2e-6, LMAffordance3D 1.5e-6;
 the tolerance is 1e-5 absolute (2e-5 for PointRefer, whose heatmap logit is a ~+10
 512-channel dot product shifted by ~-10, so float32 rounding is amplified). These tests
