@@ -170,6 +170,22 @@ def _fixture(name: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def _checksums(state: dict[str, torch.Tensor], points: torch.Tensor, image: torch.Tensor
+               ) -> np.ndarray:
+    """Sums of |weights|, points and image (float64), stored with each fixture so that a
+    changed recipe fails as such rather than as a model mismatch."""
+    weights = sum(float(v.double().abs().sum()) for v in state.values())
+    return np.array([weights, float(points.double().abs().sum()),
+                     float(image.double().abs().sum())])
+
+
+def _same_recipe(ref: dict[str, np.ndarray], state: dict[str, torch.Tensor],
+                 points: torch.Tensor, image: torch.Tensor) -> None:
+    got = _checksums(state, points, image)
+    assert np.allclose(got, ref["checksums"], rtol=1e-9), (
+        "the golden weights/inputs recipe changed; the fixtures need the official code again")
+
+
 def _close(ours: torch.Tensor, ref: np.ndarray, atol: float = ATOL) -> float:
     ref_t = torch.from_numpy(ref)
     assert ours.shape == ref_t.shape
@@ -189,9 +205,11 @@ def _quiet_build(name: str, state: dict[str, torch.Tensor], **overrides) -> torc
 def test_iagnet_matches_official():
     ref = _fixture("iagnet")
     b, n = ref["heatmap"].shape
-    model = _quiet_build("iagnet", golden_state("iagnet"), n_points=n)
+    state, points, image = golden_state("iagnet"), golden_points(b, n), golden_image(b)
+    _same_recipe(ref, state, points, image)
+    model = _quiet_build("iagnet", state, n_points=n)
     with torch.no_grad():
-        out = model(golden_points(b, n), golden_image(b), torch.tensor(SUBJECT_BOXES[:b]),
+        out = model(points, image, torch.tensor(SUBJECT_BOXES[:b]),
                     torch.tensor(OBJECT_BOXES[:b]))
     _close(out.heatmap, ref["heatmap"])
     _close(out.affordance_logits, ref["affordance_logits"])
@@ -203,11 +221,12 @@ def test_pointrefer_matches_official():
     ref = _fixture("pointrefer")
     b, n = ref["heatmap"].shape
     text = models.build("pointrefer").text_encoder  # the packaged MiniLM, as loaded
-    state = golden_state("pointrefer", text_hidden=text.config.hidden_size)
+    state, points = golden_state("pointrefer", text.config.hidden_size), golden_points(b, n)
+    _same_recipe(ref, state, points, golden_image(b))  # (no image: checksummed all the same)
     state.update({f"text_encoder.{k}": v for k, v in text.state_dict().items()})
     model = _quiet_build("pointrefer", state, n_points=n)
     with torch.no_grad():
-        out = model(golden_points(b, n), list(QUESTIONS[:b]))
+        out = model(points, list(QUESTIONS[:b]))
     _close(out.heatmap, ref["heatmap"], atol=2 * ATOL)
 
 
@@ -216,14 +235,15 @@ def test_lmaffordance3d_matches_official():
 
     ref = _fixture("lmaffordance3d")
     b, n = ref["heatmap"].shape
-    state = golden_state("lmaffordance3d")
+    state, points, image = golden_state("lmaffordance3d"), golden_points(b, n), golden_image(b)
+    _same_recipe(ref, state, points, image)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         language = models.build("lmaffordance3d", n_points=n).language_model
     state.update({f"llm_model.{k}": v for k, v in language.state_dict().items()})
     model = _quiet_build("lmaffordance3d", state, n_points=n)
     with torch.no_grad():
-        out = model(golden_points(b, n), golden_image(b), list(INSTRUCTIONS[:b]))
+        out = model(points, image, list(INSTRUCTIONS[:b]))
     _close(out.heatmap, ref["heatmap"])
 
 
