@@ -214,6 +214,9 @@ class ImagePointModel(AffordanceModel):
     point_encoder, fp3, fp2, fp1) are the ones the official-checkpoint mappings target."""
 
     config_class = ImagePointConfig
+    # added to the squared distances of the 3-NN interpolation weights; the official
+    # implementations differ (IAGNet 1e-8, LMAffordance3D 0.01), and so do their functions
+    interpolation_eps: ClassVar[float] = 1e-8
 
     def build_image_point_branch(self, config: ImagePointConfig) -> None:
         from affcli.models.backbones import ImageEncoder
@@ -227,9 +230,9 @@ class ImagePointModel(AffordanceModel):
         enc_c = self.point_encoder.out_channels  # (3, 320, 512, 512)
         if enc_c[3] != emb_dim:
             raise ValueError(f"emb_dim must equal the encoder's {enc_c[3]} channels")
-        self.fp3 = FeaturePropagation(enc_c[2] + emb_dim, [768, 512])
-        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512])
-        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512])
+        self.fp3 = FeaturePropagation(enc_c[2] + emb_dim, [768, 512], eps=self.interpolation_eps)
+        self.fp2 = FeaturePropagation(enc_c[1] + 512, [768, 512], eps=self.interpolation_eps)
+        self.fp1 = FeaturePropagation(3 + enc_c[0] + 512, [512, 512], eps=self.interpolation_eps)
 
     def upsample(self, levels: list[tuple[torch.Tensor, torch.Tensor]],
                  coarse: torch.Tensor) -> torch.Tensor:

@@ -242,10 +242,13 @@ class SetAbstractionMSG(nn.Module):
 
 class FeaturePropagation(nn.Module):
     """Inverse-squared-distance interpolation from the 3 nearest coarse points, the skip
-    features concatenated first, then a shared MLP."""
+    features concatenated first, then a shared MLP. `eps` is added to the squared distances
+    before inverting them: 1e-8 in the IAGNet and LASO references, 0.01 in LMAffordance3D's
+    (where it visibly smooths the interpolation)."""
 
-    def __init__(self, in_channels: int, mlp: Sequence[int]) -> None:
+    def __init__(self, in_channels: int, mlp: Sequence[int], eps: float = 1e-8) -> None:
         super().__init__()
+        self.eps = eps
         self.mlp = SharedMLP(in_channels, mlp)
         self.out_channels = self.mlp.out_channels
 
@@ -259,7 +262,7 @@ class FeaturePropagation(nn.Module):
         else:
             dist2, idx = three_nn(xyz, coarse_xyz)
             # the reference weights by inverse *squared* distance
-            recip = 1.0 / (dist2 + 1e-8)
+            recip = 1.0 / (dist2 + self.eps)
             weight = recip / recip.sum(dim=-1, keepdim=True)
             interpolated = three_interpolate(coarse_features.transpose(1, 2), idx,
                                              weight.to(coarse_features.dtype)).transpose(1, 2)

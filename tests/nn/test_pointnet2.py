@@ -123,11 +123,11 @@ def test_single_layer_scale_and_zero_features():
     torch.testing.assert_close(out, o2, rtol=1e-5, atol=1e-5)
 
 
-def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats):
+def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats, eps=1e-8):
     d = baseline_ops.square_distance(xyz, coarse)
     d, idx = d.sort(dim=-1)
     d, idx = d[:, :, :3], idx[:, :, :3]
-    recip = 1.0 / (d + 1e-8)
+    recip = 1.0 / (d + eps)
     w = recip / recip.sum(-1, keepdim=True)
     interp = (baseline_ops.index_points(feats, idx) * w.unsqueeze(-1)).sum(2)
     x = torch.cat([skip, interp], -1).permute(0, 2, 1).unsqueeze(-1)
@@ -139,14 +139,15 @@ def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats):
     return x.squeeze(-1).permute(0, 2, 1)
 
 
-def test_feature_propagation_matches_reference():
+@pytest.mark.parametrize("eps", [1e-8, 0.01])  # IAGNet / LASO, LMAffordance3D
+def test_feature_propagation_matches_reference(eps):
     torch.manual_seed(2)
-    fp = FeaturePropagation(5 + 7, [16, 9]).double().eval()
+    fp = FeaturePropagation(5 + 7, [16, 9], eps=eps).double().eval()
     _randomize_norms(fp)
     xyz, coarse = torch.rand(2, 200, 3).double(), torch.rand(2, 30, 3).double()
     skip, feats = torch.randn(2, 200, 5).double(), torch.randn(2, 30, 7).double()
     torch.testing.assert_close(fp(xyz, coarse, skip, feats),
-                               _naive_fp(fp, xyz, coarse, skip, feats))
+                               _naive_fp(fp, xyz, coarse, skip, feats, eps))
     # a single coarse point is repeated, as in the reference
     one = FeaturePropagation(7, [4]).double().eval()
     out = one(xyz, coarse[:, :1], None, feats[:, :1])
