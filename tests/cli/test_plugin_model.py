@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,11 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of a process that has the plugin installed (a real `pip install`
     into its own folder, built from a copy so the source tree gets no build files)."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "plugin_model"
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), str(PLUGIN)],
+         "--no-build-isolation", "--no-index", "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (target / "affcli_pointfilm.py").is_file()
