@@ -8,6 +8,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker computes on one
+# thread: two 2-thread workers would oversubscribe the cores. Set before torch and numba
+# start their thread pools.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
 import torch
 
 # Without a GPU the Triton kernels run in Triton's interpreter; this must be set before
