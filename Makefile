@@ -42,12 +42,13 @@ demo: setup
 # Lint first (ruff clean is part of passing); the 15 slowest tests are listed so CI logs
 # show where the time goes. Two pytest-xdist workers of one thread each (tests/conftest.py)
 # keep both cores busy through the exporters' and subprocesses' single-threaded stretches;
-# work stealing keeps the long training tests from queueing behind each other.
+# the tests marked slow are collected first and handed out one by one (`--dist load`), so
+# the two workers share them.
 # pytest exits 5 when it collects no test; that is a failure of the suite, so say so plainly.
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check affcli tests
-	@$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist worksteal; \
+	@$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist load; \
 	rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 

@@ -69,7 +69,7 @@ class Reporter:
             self.err.print(message, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"warning: {message}", markup=False, style="yellow")
+        self.err.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
     def result(self, doc: dict[str, Any]) -> None:
         """The command's machine-readable result; printed only with --json."""
@@ -143,6 +143,11 @@ def metric_tables(rep: Reporter, result: dict[str, Any], title: str,
                    _metric_row("constant (split mean)", baseline["overall"])])
 
 
+def votes_label(votes: int) -> str:
+    """", 3 votes" for a table title, "" for one pass."""
+    return f", {votes} votes" if votes > 1 else ""
+
+
 class TrainDisplay:
     """Training progress: a live Rich bar (loss, samples/s, ETA) on a terminal, plain log
     lines otherwise; one summary line per epoch. Its methods are the trainer's hooks."""
@@ -187,7 +192,7 @@ class TrainDisplay:
         val = record.get("val") or {}
         figures = " ".join(f"{k} {_cell(_pct(val[k]) if k in ('aiou', 'auc') else val[k])}"
                            for k in ("aiou", "auc", "sim", "mae") if k in val)
-        mark = "  (best)" if record.get("best") else ""
+        mark = f"  (best {record.get('select_by', 'aiou')})" if record.get("best") else ""
         self.rep.note(f"epoch {record['epoch']}/{self.epochs} train loss "
                       f"{record['train_loss']:.4f} | {record['val_split']} {figures}{mark} | "
                       f"{record['samples_per_s']:.1f} samples/s")

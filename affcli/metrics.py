@@ -116,6 +116,23 @@ def per_sample(pred: Any, gt: Any) -> dict[str, torch.Tensor]:
     return {name: rows[:, i].contiguous() for i, name in enumerate(METRICS)}
 
 
+def per_sample_valid(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray
+                     ) -> dict[str, torch.Tensor]:
+    """per_sample over each row's valid points only (valid [S, N] bool): rows with the same
+    number of valid points are scored together."""
+    counts = valid.sum(1)
+    out = {name: torch.full((pred.shape[0],), float("nan"), dtype=torch.float64)
+           for name in METRICS}
+    for count in np.unique(counts):
+        rows = np.flatnonzero(counts == count)
+        sel = valid[rows]
+        part = per_sample(pred[rows][sel].reshape(len(rows), count),
+                          gt[rows][sel].reshape(len(rows), count))
+        for name in METRICS:
+            out[name][torch.from_numpy(rows)] = part[name]
+    return out
+
+
 def _summary(values: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, float]:
     out: dict[str, float] = {}
     for name in METRICS:
@@ -126,11 +143,14 @@ def _summary(values: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, f
 
 
 def evaluate(pred: Any, gt: Any, object_names: Sequence[str],
-             affordance_names: Sequence[str]) -> dict[str, Any]:
+             affordance_names: Sequence[str], valid: np.ndarray | None = None
+             ) -> dict[str, Any]:
     """{'overall': {...}, 'per_object': {name: {...}}, 'per_affordance': {name: {...}}}, each
     with aiou, auc, sim, mae (means over samples, excluded ones ignored) and count.
-    `object_names` / `affordance_names` give one name per sample."""
-    values = per_sample(pred, gt)
+    `object_names` / `affordance_names` give one name per sample; `valid` [S, N] (bool)
+    limits each sample's metrics to its valid points."""
+    values = (per_sample(pred, gt) if valid is None
+              else per_sample_valid(np.asarray(pred), np.asarray(gt), np.asarray(valid, bool)))
     s = values["mae"].shape[0]
     if len(object_names) != s or len(affordance_names) != s:
         raise ValueError(f"need one object and one affordance name per sample ({s}), got "

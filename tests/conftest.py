@@ -86,10 +86,18 @@ def piad_demo() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A PointRefer run folder trained briefly by `affcli train` on the synthetic LASO set
-    (512-point clouds, frozen text encoder: small enough for the CPU)."""
+    (512-point clouds, frozen text encoder: small enough for the CPU; one test pass instead
+    of the recipe's 3 votes, which `eval` then takes from the run)."""
     out = tmp_path_factory.mktemp("runs") / "pointrefer-seen"
     code = main(["train", "pointrefer", "--data", str(prepared("laso")), "--epochs", "1",
                  "--batch-size", "4", "--max-batches", "2", "--points", "512", "--workers", "0",
-                 "--set", "freeze_text_encoder=true", "--out", str(out), "--quiet"])
+                 "--set", "freeze_text_encoder=true", "--votes", "1", "--out", str(out),
+                 "--quiet"])
     assert code == 0
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests (marked slow) first: under `--dist load` the two workers start on
+    them, instead of one worker finishing alone with a long test taken last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -77,7 +77,16 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `affcli --version` stays cheap and modules stay independent.
-    from affcli.cli import bench, export, import_checkpoint, model_list, prepare, synth, train
+    from affcli.cli import (
+        bench,
+        compare,
+        export,
+        import_checkpoint,
+        model_list,
+        prepare,
+        synth,
+        train,
+    )
 
     synth.register(app)
     prepare.register(app)
@@ -86,6 +95,7 @@ def _register() -> None:
     import_checkpoint.register(app)
     model_list.register(app)
     bench.register(app)
+    compare.register(app)
 
 
 _register()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from affcli.cli.common import BatchSizeOpt, DeviceOpt, JsonOpt, QuietOpt, reporter
+from affcli.console import votes_label
 from affcli.errors import AffError
 
 if TYPE_CHECKING:  # torch-free at import: `affcli --version` must stay cheap
@@ -50,6 +51,18 @@ def train_cmd(
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     max_batches: Annotated[int | None, typer.Option(
         help="Stop each epoch after this many batches (0 = all).")] = None,
+    max_val_batches: Annotated[int | None, typer.Option(
+        help="Validate on this many batches only (0 = all; smoke runs).")] = None,
+    val_from_train: Annotated[float | None, typer.Option(
+        metavar="FRACTION", help="Choose best.pt on this fraction of the train split's "
+        "shapes (and images), held out from training, instead of the val/test split.")
+    ] = None,
+    select_by: Annotated[str | None, typer.Option(
+        help="Validation metric that chooses best.pt: aiou, auc, sim or mae (default: the "
+        "paper's; IAGNet auc, others aiou).")] = None,
+    votes: Annotated[int | None, typer.Option(
+        help="Passes averaged in the final test (default: the paper's; PointRefer 3).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(
         help="YAML file of options (any of these, underscores or dashes).")] = None,
     set_: Annotated[list[str] | None, typer.Option(
@@ -74,6 +87,8 @@ def train_cmd(
              "weight_decay": weight_decay, "pairing_num": pairing_num, "num_points": points,
              "device": device,
              "amp": amp, "seed": seed, "workers": workers, "max_batches": max_batches,
+             "max_val_batches": max_val_batches, "val_from_train": val_from_train,
+             "select_by": select_by, "votes": votes,
              "out": str(out) if out else None}
     if set_:
         from affcli.cli.import_checkpoint import parse_overrides
@@ -148,8 +163,12 @@ def _report(rep: Reporter, cfg: TrainConfig, trainer: Trainer, summary: dict[str
 
     if summary["test"] is not None:
         metric_tables(rep, summary["test"],
-                      f"{cfg.model} on {trainer.info.dataset} "
-                      f"{summary['test']['split']} (best epoch {summary['best_epoch']})")
+                      f"{cfg.model} on {trainer.info.dataset} {summary['test']['split']} "
+                      f"(best epoch {summary['best_epoch']} by {cfg.select_by}"
+                      f"{votes_label(cfg.votes)})")
+        if trainer.selects_on_test:
+            rep.warn(f"epoch {summary['best_epoch']} was chosen on this same split: the "
+                     "figures are optimistic (--val-from-train gives an honest choice)")
     rep.note(f"run folder: {summary['run_dir']}")
     rep.result(summary)
 
@@ -206,6 +225,14 @@ def eval_cmd(
     baseline: Annotated[bool, typer.Option(
         "--baseline/--no-baseline", help="Also score a constant prediction (split mean).")
     ] = True,
+    votes: Annotated[int | None, typer.Option(
+        help="Average this many passes, torch seeded 0..N-1, FPS from random starts "
+        "(default: the run's recipe; PointRefer 3 as LASO, others 1).")] = None,
+    corrupt: Annotated[str | None, typer.Option(
+        metavar="KIND[:SEVERITY]|all",
+        help="Score under point-cloud corruptions instead (PointCloud-C: scale, jitter, "
+        "rotate, drop_global, drop_local, add_global, add_local; severities 1-5; 'all' is "
+        "the 35-cell grid, written to the run folder).")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -217,7 +244,7 @@ def eval_cmd(
     from affcli.engine.checkpoint import load_model
     from affcli.engine.evaluator import constant_baseline, predict, score
     from affcli.engine.evaluator import save_predictions as save
-    from affcli.engine.trainer import check_data
+    from affcli.engine.trainer import check_data, selection_split
 
     rep = reporter(json_out, quiet)
     model, doc, source = load_model(path)
@@ -239,16 +266,72 @@ def eval_cmd(
                        f"for {n_model}")
     # a model trained on subsampled clouds is scored on the same per-shape subsets
     dataset = open_dataset(data, split, num_points=n_model)
-    rep.note(f"evaluating {model_type} ({source}) on {data} {split} ({len(dataset)} samples)")
-    pred = predict(model, dataset, batch_size, proc, workers=workers)
+    trained = (doc or {}).get("train_config") or {}
+    if votes is None:
+        votes = int(trained.get("votes", cls.train_recipe.get("votes", 1)))
+    rep.note(f"evaluating {model_type} ({source}) on {data} {split} ({len(dataset)} samples"
+             f"{votes_label(votes)})")
+    selected_on = selection_split(trained, info.splits)
+    if trained and selected_on == split and _same_file(trained.get("data"), data):
+        rep.warn(f"this checkpoint was chosen on the {split} split it is scored on: the "
+                 "figures are optimistic")
+    if corrupt is not None:
+        _eval_corrupted(rep, model, dataset, corrupt, batch_size, proc, workers, votes,
+                        {"model": str(source), "model_type": model_type, "data": str(data),
+                         "split": split, "votes": votes}, path)
+        return
+    pred = predict(model, dataset, batch_size, proc, workers=workers, votes=votes)
     assert pred is not None
     result = score(pred)
+    result["votes"] = votes
     base = constant_baseline(pred) if baseline else None
     if save_predictions is not None:
         save(save_predictions, pred, {"data": data, "split": split, "model": source,
                                       "model_type": model_type})
         rep.note(f"predictions written to {save_predictions}")
-    metric_tables(rep, result, f"{model_type} on {info.dataset} {info.setting} {split}", base)
+    metric_tables(rep, result, f"{model_type} on {info.dataset} {info.setting} {split}"
+                  f"{votes_label(votes)}", base)
     rep.result({"model": str(source), "model_type": model_type, "data": str(data),
                 "split": split, **result,
                 **({"baseline": base} if base is not None else {})})
+
+
+def _same_file(a: str | Path | None, b: Path) -> bool:
+    try:
+        return a is not None and Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _eval_corrupted(rep: Reporter, model: Any, dataset: Any, spec: str, batch_size: int,
+                    proc: Any, workers: int, votes: int, doc: dict[str, Any], path: Path
+                    ) -> None:
+    """The corruption grid: one table of aIoU (corruption x severity) beside the clean score;
+    every metric in the JSON document, also written to the run folder."""
+    import time
+
+    from affcli.data.corruptions import parse
+    from affcli.engine.robustness import corruption_grid, grid_table
+    from affcli.fileio import write_json
+
+    cells = parse(spec)
+    t0 = time.perf_counter()
+    with rep.progress("corruptions") as start:
+        advance = start(len(cells))
+        result = corruption_grid(model, dataset, cells, batch_size, proc, workers=workers,
+                                 votes=votes, on_cell=lambda row: advance(1))
+    seconds = time.perf_counter() - t0
+    columns, rows = grid_table(result)
+    title = (f"{doc['model_type']} on {doc['split']}{votes_label(votes)} under corruptions: "
+             "aIoU (%)")
+    clean = result["clean"]
+    caption = (f"clean {clean['aiou'] * 100:.2f}"
+               + (f", mean over {len(cells)} cells {result['mean']['aiou'] * 100:.2f}"
+                  if "mean" in result else "") + f" ({seconds:.0f} s)")
+    rep.table(title, columns, rows, caption=caption)
+    full = {**doc, "corrupt": spec, "seconds": seconds, **result}
+    if path.is_dir():
+        name = f"robustness-{doc['split']}-{spec.replace(':', '-')}.json"
+        write_json(path / name, full)
+        rep.note(f"written to {path / name}")
+    rep.result(full)

@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from affcli.data.h5 import FileInfo, read_info
+from affcli.data.splits import SplitView
 from affcli.errors import AffError
 
 IMAGE_SIZE = 224
@@ -136,14 +137,14 @@ class H5Dataset(Dataset):
     """Common machinery: split check, in-memory index arrays, lazy per-process file handle."""
 
     def __init__(self, path: str | Path, split: str, seed: int = 0,
-                 num_points: int | None = None) -> None:
+                 num_points: int | None = None, view: SplitView | None = None) -> None:
         self.info: FileInfo = read_info(path)
         self.path = Path(path)
         if split not in self.info.splits:
             raise AffError(path, f"no split {split!r} (this file has "
                            f"{', '.join(self.info.splits)})")
         self.split = split
-        self.train = split == "train"
+        self.train = split == "train" if view is None else view.augment
         self.seed = int(seed)
         self.epoch = 0
         self._file: h5py.File | None = None
@@ -158,6 +159,16 @@ class H5Dataset(Dataset):
             self.sample_affordance = g["samples/affordance"][()].astype(np.int64)
             self.shape_object = g["shapes/object"][()].astype(np.int64)
             self._load_index(g)
+        # row i of this Dataset is row rows[i] of the split: the in-memory arrays are
+        # sliced here; file reads go through `row`
+        self.rows = None if view is None else np.asarray(view.rows, np.int64)
+        if view is not None:
+            for name in self._per_sample:
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name)[self.rows])
+            if view.sample_shape is not None:
+                self.sample_shape = np.asarray(view.sample_shape, np.int64)
+        self.view = view
         self.file_points = self.info.num_points
         self.num_points = self.file_points if num_points is None else int(num_points)
         if not 3 <= self.num_points <= self.file_points:
@@ -177,8 +188,15 @@ class H5Dataset(Dataset):
                                                       replace=False))
         return self._subsets[shape]
 
+    # the in-memory per-sample arrays (subclasses add theirs)
+    _per_sample: tuple[str, ...] = ("sample_shape", "sample_object", "sample_affordance")
+
     def _load_index(self, g: h5py.Group) -> None:
         """Subclasses read the small per-sample arrays they need."""
+
+    def row(self, index: int) -> int:
+        """The split's row behind item `index` (they differ in a carved view)."""
+        return int(index) if self.rows is None else int(self.rows[index])
 
     def __len__(self) -> int:
         return int(self.sample_object.shape[0])
@@ -249,6 +267,8 @@ class H5Dataset(Dataset):
 class LasoDataset(H5Dataset):
     """Items: points [N, 3], mask [N], question, object, affordance, shape, index."""
 
+    _per_sample = (*H5Dataset._per_sample, "questions")
+
     def _load_index(self, g: h5py.Group) -> None:
         self.questions = g["samples/questions"].asstr()[()]
 
@@ -274,7 +294,8 @@ class LasoDataset(H5Dataset):
         return {
             # copies: callers may modify items in place; the cache must not change
             "points": torch.from_numpy(self._points(shape).copy()),
-            "mask": torch.from_numpy(self._mask(self._read("samples/mask", i), shape)),
+            "mask": torch.from_numpy(self._mask(self._read("samples/mask", self.row(i)),
+                                                shape)),
             "question": str(self.questions[i, qid]),
             "object": int(self.sample_object[i]),
             "affordance": int(self.sample_affordance[i]),
@@ -299,7 +320,8 @@ class LasoDataset(H5Dataset):
         # Views into the cache: the DataLoader's collate copies them into the batch, so
         # nothing is copied twice. (Direct callers wanting to write should use self[i].)
         return [
-            {"points": points[s], "mask": masks[i], "question": str(self.questions[i, q]),
+            {"points": points[s], "mask": masks[self.row(i)],
+             "question": str(self.questions[i, q]),
              "object": int(self.sample_object[i]), "affordance": int(self.sample_affordance[i]),
              "shape": int(s), "index": int(i)}
             for i, s, q in zip(idx, shapes, qids, strict=True)
@@ -318,15 +340,21 @@ class PiadDataset(H5Dataset):
     points ([P,] N, 3), mask ([P,] N), object, affordance, index (+ instruction for AGPIL).
     Train items carry P = pairing_num clouds; test items one."""
 
+    _per_sample = (*H5Dataset._per_sample, "image_size", "subject_box", "object_box",
+                   "instructions")
+
     def __init__(self, path: str | Path, split: str, seed: int = 0, pairing_num: int = 2,
-                 num_points: int | None = None) -> None:
-        super().__init__(path, split, seed, num_points)
+                 num_points: int | None = None, view: SplitView | None = None) -> None:
+        super().__init__(path, split, seed, num_points, view)
         if pairing_num < 1:
             raise AffError("--pairing-num", f"must be at least 1, got {pairing_num}")
         self.pairing_num = pairing_num
         self.rotate = self.info.view == "rotation"
+        allowed = (np.arange(len(self.shape_object)) if view is None or view.shapes is None
+                   else np.asarray(view.shapes, np.int64))
         self.shapes_of_class = {
-            int(c): np.flatnonzero(self.shape_object == c) for c in np.unique(self.shape_object)
+            int(c): allowed[self.shape_object[allowed] == c]
+            for c in np.unique(self.shape_object[allowed])
         }
 
     def _load_index(self, g: h5py.Group) -> None:
@@ -352,7 +380,7 @@ class PiadDataset(H5Dataset):
         i = self._check_index(index)
         rng = self.rng(i) if self.train else None
         aff = int(self.sample_affordance[i])
-        jpeg = self._dataset("samples/image_jpeg")[i].tobytes()
+        jpeg = self._dataset("samples/image_jpeg")[self.row(i)].tobytes()
         image, sub, obj = load_image(jpeg, tuple(self.image_size[i]), self.subject_box[i],
                                      self.object_box[i], rng)
         item: dict[str, Any] = {

@@ -380,22 +380,19 @@ def _export_mode(model: nn.Module, notes: list[str] | None = None) -> Iterator[N
     config draws random FPS starts (fps_start None) is exported, and checked, with start 0:
     a graph is deterministic, and only a fixed start makes two runs comparable. The config
     itself is left alone (a safetensors export keeps fps_start None)."""
-    from affcli.nn.pointnet2 import SetAbstractionMSG
+    from affcli.nn.pointnet2 import SetAbstractionMSG, fps_starts
 
     training = model.training
-    randomised = [m for m in model.modules()
-                  if isinstance(m, SetAbstractionMSG) and m.fps_start is None]
+    randomised = any(isinstance(m, SetAbstractionMSG) and m.fps_start is None
+                     for m in model.modules())
     if randomised and notes is not None:
         notes.append("the config's fps_start is None (a random first FPS point); the export "
                      "is traced and checked with start index 0")
-    for m in randomised:
-        m.fps_start = 0
     model.eval()
     try:
-        yield
+        with fps_starts(model, 0) if randomised else contextlib.nullcontext():
+            yield
     finally:
-        for m in randomised:
-            m.fps_start = None
         model.train(training)
 
 

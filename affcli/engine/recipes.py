@@ -20,6 +20,8 @@ from affcli.errors import AffError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("step", "cosine", "warmup_cosine", "constant")
+# what may choose best.pt; MAE is the one where lower is better
+SELECT_METRICS = ("aiou", "auc", "sim", "mae")
 
 
 @dataclasses.dataclass
@@ -48,8 +50,12 @@ class TrainConfig:
     precision: str = "float32"  # or float64: slow, for numerical checks (see docs/training.md)
     eval_batch_size: int | None = None  # default: batch_size
     max_batches: int = 0  # per epoch; 0 = all (for smoke runs and benchmarks)
+    max_val_batches: int = 0  # per validation; 0 = all (smoke runs; never the final test)
     val_split: str | None = None  # default: val when the file has one, else test
+    val_from_train: float = 0.0  # > 0: validate on this fraction carved from train instead
     test_split: str | None = "test"  # evaluated with the best checkpoint at the end
+    select_by: str = "aiou"  # the validation metric that chooses best.pt
+    votes: int = 1  # the final test's passes averaged (seeded, random FPS starts)
     model_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # config overrides
     out: str | None = None
 
@@ -81,6 +87,12 @@ class TrainConfig:
              "must be at least 512 (the first set abstraction keeps 512 centres)"),
             (self.workers >= 0, "workers", "must be >= 0"),
             (self.max_batches >= 0, "max_batches", "must be >= 0"),
+            (self.max_val_batches >= 0, "max_val_batches", "must be >= 0"),
+            (0 <= self.val_from_train < 1, "val_from_train", "must be a fraction in [0, 1)"),
+            (not (self.val_from_train and self.val_split), "val_from_train",
+             "excludes val_split (validate on one or the other)"),
+            (self.select_by in SELECT_METRICS, "select_by", f"must be one of {SELECT_METRICS}"),
+            (isinstance(self.votes, int) and self.votes >= 1, "votes", "must be at least 1"),
             (self.setting in ("seen", "unseen"), "setting", "must be seen or unseen"),
             (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
              "must be at least 1"),
@@ -124,6 +136,16 @@ def resolve(model: str, recipe: dict[str, Any], config_file: str | Path | None,
         source = config_file
     values.update({k: v for k, v in cli.items() if v is not None})
     return TrainConfig.from_dict(values, source).validate(source)
+
+
+def better(metric: str, value: float | None, best: float) -> bool:
+    """Whether `value` of `metric` beats `best` (a finite value beats the initial -inf/inf;
+    MAE is better lower)."""
+    if value is None or not math.isfinite(value):
+        return False
+    if not math.isfinite(best):
+        return True
+    return value < best if metric == "mae" else value > best
 
 
 def learning_rate(cfg: TrainConfig, epoch: int, step: int) -> float:

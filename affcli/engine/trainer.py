@@ -1,8 +1,9 @@
 """The training loop behind `affcli train`.
 
 One epoch = the global batches of GlobalBatchSampler, each split over the processes; after
-it, validation (aIoU decides `best.pt`), `last.pt`, a line in `metrics.jsonl`. At the end the
-best weights are evaluated on the test split.
+it, validation (the recipe's `select_by` metric decides `best.pt`), `last.pt`, a line in
+`metrics.jsonl`. At the end the best weights are evaluated on the test split (averaging the
+recipe's `votes` seeded passes).
 
 Exact resume: everything a step depends on is either derived from (seed, epoch, index) —
 batch order, sample augmentation — or saved in the checkpoint — weights, optimizer and
@@ -16,7 +17,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from torch.utils.data import DataLoader
 from affcli import models
 from affcli.data.datasets import open_dataset
 from affcli.data.h5 import FileInfo, read_info
+from affcli.data.splits import carve_validation
 from affcli.engine import checkpoint as ckpt
 from affcli.engine import distributed as D
 from affcli.engine.evaluator import autocast, predict, score, to_device
-from affcli.engine.recipes import TrainConfig, learning_rate
+from affcli.engine.recipes import TrainConfig, better, learning_rate
 from affcli.errors import AffError
 from affcli.fileio import jsonable, write_json
 from affcli.models.config import load_state
@@ -55,7 +57,7 @@ class State:
     epoch: int = 0  # epochs completed
     step: int = 0  # batches done in the current epoch (non-zero after an interruption)
     global_step: int = 0
-    best_aiou: float = -math.inf
+    best_score: float = -math.inf  # of cfg.select_by; -inf/inf until a finite one is seen
     best_epoch: int = 0
     step_losses: list[float] = field(default_factory=list)  # of the current epoch
 
@@ -75,6 +77,18 @@ def default_data(model_cls: type, setting: str) -> Path:
     """data/<dataset>_<setting>.h5 for the first dataset kind of the model (what `affcli
     prepare <dataset>` writes by default)."""
     return Path("data") / f"{model_cls.dataset_kinds[0]}_{setting}.h5"
+
+
+CARVED = "train-carved"  # the val split's name in records when carved from train
+
+
+def selection_split(train_config: dict[str, Any], splits: Sequence[str]) -> str:
+    """The split a run (its train config) chooses best.pt on: the carved part of train,
+    the val split it names, else val when the file has one, else test (the references'
+    protocol for PIAD and AGPIL)."""
+    if train_config.get("val_from_train"):
+        return CARVED
+    return train_config.get("val_split") or ("val" if "val" in splits else "test")
 
 
 def check_data(model_name: str, model_cls: type, path: Path) -> FileInfo:
@@ -105,13 +119,16 @@ class Trainer:
                            f"{model_cls.min_batch_size} (BatchNorm over the batch), got "
                            f"{cfg.batch_size}")
         cfg.data = str(data)
-        self.val_split = cfg.val_split or ("val" if "val" in self.info.splits else "test")
-        if self.val_split not in self.info.splits:
+        self.carve = carve_validation(data, cfg.val_from_train) if cfg.val_from_train else None
+        self.val_split = selection_split(cfg.to_dict(), self.info.splits)
+        if self.carve is None and self.val_split not in self.info.splits:
             raise AffError(data, f"no split {self.val_split!r} to validate on (this file has "
                            f"{', '.join(self.info.splits)})")
         if cfg.test_split and cfg.test_split not in self.info.splits:
             raise AffError(data, f"no split {cfg.test_split!r} to test on (this file has "
                            f"{', '.join(self.info.splits)})")
+        if self.carve is None:
+            cfg.val_split = self.val_split  # recorded resolved: `eval` and `compare` read it
         self.amp = bool(cfg.amp if cfg.amp is not None else proc.device.type == "cuda")
         if self.amp and proc.device.type != "cuda":
             self._note("warn", "AMP needs CUDA; training in float32 on the CPU")
@@ -136,10 +153,15 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp)
 
+        carve = self.carve
         self.train_set = open_dataset(data, "train", seed=cfg.seed, pairing_num=cfg.pairing_num,
-                                      num_points=self.num_points)
-        self.val_set = open_dataset(data, self.val_split, seed=cfg.seed,
-                                    num_points=self.num_points)
+                                      num_points=self.num_points,
+                                      view=carve.train if carve else None)
+        self.val_set = open_dataset(data, "train" if carve else self.val_split, seed=cfg.seed,
+                                    num_points=self.num_points,
+                                    view=carve.val if carve else None)
+        if carve is not None:
+            self._note("note", f"validating on {carve.describe(cfg.val_from_train)}")
         self.sampler = D.GlobalBatchSampler(len(self.train_set), cfg.batch_size, proc,
                                             shuffle=True, seed=cfg.seed, drop_last=True)
         if self.sampler.num_batches() == 0:
@@ -159,6 +181,11 @@ class Trainer:
                 step, device_ids=ids, find_unused_parameters=True)
 
     # ------------------------------------------------------------------ setup helpers
+
+    @property
+    def selects_on_test(self) -> bool:
+        """Whether best.pt is chosen on the split the final test scores."""
+        return bool(self.cfg.test_split) and self.val_split == self.cfg.test_split
 
     def _note(self, kind: str, message: str) -> None:
         if self.proc.main and kind in self.hooks:
@@ -206,7 +233,9 @@ class Trainer:
             raise AffError(run_dir / ckpt.LAST, f"optimizer state does not fit ({exc})") from None
         s = doc["state"]
         self.state = State(epoch=int(s["epoch"]), step=int(s["step"]),
-                           global_step=int(s["global_step"]), best_aiou=float(s["best_aiou"]),
+                           global_step=int(s["global_step"]),
+                           # (runs before select_by kept the best aIoU under this key)
+                           best_score=float(s.get("best_score", s.get("best_aiou"))),
                            best_epoch=int(s["best_epoch"]),
                            step_losses=[float(x) for x in s["step_losses"]])
         rng = doc["rng"]
@@ -231,7 +260,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.amp else {},
             "state": {"epoch": s.epoch, "step": s.step, "global_step": s.global_step,
-                      "best_aiou": s.best_aiou, "best_epoch": s.best_epoch,
+                      "best_score": s.best_score, "best_epoch": s.best_epoch,
                       "step_losses": list(s.step_losses)},
             "rng": rngs if self.proc.distributed else (rngs[0] if rngs else None),
             "train_config": self.cfg.to_dict(),
@@ -336,11 +365,13 @@ class Trainer:
     def _end_epoch(self, epoch: int, t0: float, seen: int) -> dict[str, Any]:
         s, cfg = self.state, self.cfg
         train_seconds = time.perf_counter() - t0
-        pred = predict(self.model, self.val_set, cfg.eval_batch_size or cfg.batch_size,
-                       self.proc, workers=cfg.workers, amp=self.amp, dtype=self.dtype)
+        eval_batch = cfg.eval_batch_size or cfg.batch_size
+        pred = predict(self.model, self.val_set, eval_batch, self.proc, workers=cfg.workers,
+                       amp=self.amp, dtype=self.dtype, limit=cfg.max_val_batches * eval_batch)
         val = score(pred)["overall"] if pred is not None else None
-        aiou = D.broadcast(self.proc, val["aiou"] if val else None)
-        improved = aiou is not None and math.isfinite(aiou) and aiou > s.best_aiou
+        metric = cfg.select_by
+        value = D.broadcast(self.proc, val[metric] if val else None)
+        improved = better(metric, value, s.best_score)
         record = {
             "epoch": epoch + 1,
             "train_loss": sum(s.step_losses) / max(len(s.step_losses), 1),
@@ -348,12 +379,13 @@ class Trainer:
             "val_split": self.val_split,
             "val": val,
             "best": improved,
+            "select_by": metric,
             "samples_per_s": seen / max(train_seconds, 1e-9),
             "seconds": time.perf_counter() - t0,
             "step_losses": list(s.step_losses),
         }
         if improved:
-            s.best_aiou, s.best_epoch = aiou, epoch + 1
+            s.best_score, s.best_epoch = value, epoch + 1
         s.epoch, s.step, s.step_losses = epoch + 1, 0, []
         self._save((ckpt.LAST, ckpt.BEST) if improved else (ckpt.LAST,))
         if self.proc.main:
@@ -365,17 +397,21 @@ class Trainer:
         cfg = self.cfg
         summary: dict[str, Any] = {"run_dir": str(self.run_dir), "epochs": self.state.epoch,
                                    "best_epoch": self.state.best_epoch,
-                                   "best_val_aiou": self.state.best_aiou, "test": None}
+                                   "select_by": cfg.select_by,
+                                   "best_val": self.state.best_score, "test": None}
         if cfg.test_split and (self.run_dir / ckpt.BEST).is_file():
             best = ckpt.load(self.run_dir / ckpt.BEST)
             load_state(self.model, best["model"], self.run_dir / ckpt.BEST)
             test_set = open_dataset(cfg.data, cfg.test_split, seed=cfg.seed,
                                     num_points=self.num_points)
             pred = predict(self.model, test_set, cfg.eval_batch_size or cfg.batch_size,
-                           self.proc, workers=cfg.workers, amp=self.amp, dtype=self.dtype)
+                           self.proc, workers=cfg.workers, amp=self.amp, dtype=self.dtype,
+                           votes=cfg.votes)
             if pred is not None:
                 result = score(pred)
-                result["split"] = cfg.test_split
+                result.update(split=cfg.test_split, votes=cfg.votes,
+                              best_epoch=self.state.best_epoch, select_by=cfg.select_by,
+                              selected_on=self.val_split)
                 summary["test"] = result
                 write_json(self.run_dir / "test_metrics.json", result)
         return summary

@@ -13,7 +13,8 @@ features first, then relative xyz) so official checkpoints map one-to-one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -185,6 +186,22 @@ def _grouped_mlp_inference(mlp: SharedMLP, per_point: torch.Tensor, per_center: 
         last = (h @ weights[-1]).view(-1, k, weights[-1].shape[1]).amax(1)
         out[c0:c0 + step] = last.add_(folded[-1][1]).relu_()
     return out.view(b, m, -1)
+
+
+@contextlib.contextmanager
+def fps_starts(model: nn.Module, start: int | None) -> Iterator[int]:
+    """Every set abstraction of `model` starts FPS at `start` (None: a random index per cloud
+    from torch's global RNG, as the reference utility draws it) for the duration; each
+    module's own setting is restored after. Yields how many modules changed."""
+    changed = [(m, m.fps_start) for m in model.modules()
+               if isinstance(m, SetAbstractionMSG) and m.fps_start != start]
+    for m, _ in changed:
+        m.fps_start = start
+    try:
+        yield len(changed)
+    finally:
+        for m, before in changed:
+            m.fps_start = before
 
 
 class SetAbstractionMSG(nn.Module):

@@ -59,6 +59,7 @@ def test_the_plugin_is_listed_with_its_origin(plugin_env):
     assert "pointfilm, pointrefer" in " ".join(done.stdout.split())
 
 
+@pytest.mark.slow
 def test_train_eval_predict_export_through_the_cli(plugin_env, prepared, piad_demo, tmp_path):
     run = tmp_path / "runs" / "pointfilm" / "seen-1"
     done = affcli(plugin_env, "train", "pointfilm", "--data", prepared("laso"), "--epochs", 1,

@@ -29,6 +29,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_short_training_raises_validation_aiou(name, prepared, tmp_path):
     kind, extra = CASES[name]

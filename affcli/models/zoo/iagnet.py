@@ -97,10 +97,10 @@ class IAGNet(ImagePointModel):
     official_dropped_prefixes = ("img_encoder.model.fc.",)  # the unused ResNet classifier
     min_batch_size = 2  # the affordance head's BatchNorm1d normalises over the batch
     # IAGNet's train.py: Adam, cosine annealing to 1e-6 over the run, batch 16, 2 clouds per
-    # image; the loss weights are in affcli.losses (CE 0.3, KL 0.5)
+    # image; the loss weights are in affcli.losses (CE 0.3, KL 0.5); best.pt by AUC
     train_recipe = {"epochs": 80, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-3,
                     "optimizer": "adam", "scheduler": "cosine", "min_lr": 1e-6,
-                    "pairing_num": 2}
+                    "pairing_num": 2, "select_by": "auc"}
 
     def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
         return self(points, batch["image"], batch["subject_box"], batch["object_box"])
