@@ -323,7 +323,7 @@ def _eval_corrupted(rep: Reporter, model: Any, dataset: Any, spec: str, batch_si
     seconds = time.perf_counter() - t0
     columns, rows = grid_table(result)
     title = (f"{doc['model_type']} on {doc['split']}{votes_label(votes)} under corruptions: "
-             "aIoU (%)")
+             "aIoU (%) per severity")
     clean = result["clean"]
     caption = (f"clean {clean['aiou'] * 100:.2f}"
                + (f", mean over {len(cells)} cells {result['mean']['aiou'] * 100:.2f}"
