@@ -168,7 +168,6 @@ class H5Dataset(Dataset):
                     setattr(self, name, getattr(self, name)[self.rows])
             if view.sample_shape is not None:
                 self.sample_shape = np.asarray(view.sample_shape, np.int64)
-        self.view = view
         self.file_points = self.info.num_points
         self.num_points = self.file_points if num_points is None else int(num_points)
         if not 3 <= self.num_points <= self.file_points:
