@@ -6,6 +6,8 @@ Everything is built once per session with K=2 shapes per class (the smallest K s
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 # Under pytest-xdist (`make test` runs two workers on two cores) each worker computes on one
@@ -33,33 +35,48 @@ K = 2
 
 
 @pytest.fixture(scope="session")
-def raw_root(tmp_path_factory: pytest.TempPathFactory):
-    """raw_root(name) -> folder with the synthetic raw dataset (laso, piad or agpil)."""
-    made: dict[str, Path] = {}
-    base = tmp_path_factory.mktemp("raw")
+def build_once(tmp_path_factory: pytest.TempPathFactory):
+    """build_once(name, build) -> a path under a folder all pytest-xdist workers of this
+    run share; `build(path)` makes it the first time any worker asks (under a file lock),
+    so the synthetic sets and the trained run cost once per run, not once per worker."""
+    from filelock import FileLock
 
-    def get(name: str) -> Path:
-        if name not in made:
-            synthesize(name, base / name, seed=7, shapes_per_class=K)
-            made[name] = base / name
-        return made[name]
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], object]) -> Path:
+        path, done = root / name, root / f"{name}.done"
+        with FileLock(str(root / f"{name}.lock")):
+            if not done.exists():
+                if path.is_dir():  # left by a worker that died while building it
+                    shutil.rmtree(path)
+                path.unlink(missing_ok=True)
+                build(path)
+                done.touch()
+        return path
 
     return get
 
 
 @pytest.fixture(scope="session")
-def prepared(raw_root, tmp_path_factory: pytest.TempPathFactory):
+def raw_root(build_once):
+    """raw_root(name) -> folder with the synthetic raw dataset (laso, piad or agpil)."""
+
+    def get(name: str) -> Path:
+        return build_once(f"raw-{name}", lambda out: synthesize(name, out, seed=7,
+                                                                  shapes_per_class=K))
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def prepared(raw_root, build_once):
     """prepared(name, setting="seen", view="full") -> path of the prepared HDF5 file."""
-    made: dict[tuple[str, str, str], Path] = {}
-    base = tmp_path_factory.mktemp("h5")
 
     def get(name: str, setting: str = "seen", view: str = "full") -> Path:
-        key = (name, setting, view)
-        if key not in made:
-            out = base / f"{name}_{setting}_{view}.h5"
-            prepare(name, raw_root(name), setting, view, out)
-            made[key] = out
-        return made[key]
+        return build_once(f"{name}_{setting}_{view}.h5",
+                          lambda out: prepare(name, raw_root(name), setting, view, out))
 
     return get
 
@@ -84,17 +101,20 @@ def piad_demo() -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(prepared, build_once) -> Path:
     """A PointRefer run folder trained briefly by `affcli train` on the synthetic LASO set
     (512-point clouds, frozen text encoder: small enough for the CPU; one test pass instead
-    of the recipe's 3 votes, which `eval` then takes from the run)."""
-    out = tmp_path_factory.mktemp("runs") / "pointrefer-seen"
-    code = main(["train", "pointrefer", "--data", str(prepared("laso")), "--epochs", "1",
-                 "--batch-size", "4", "--max-batches", "2", "--points", "512", "--workers", "0",
-                 "--set", "freeze_text_encoder=true", "--votes", "1", "--out", str(out),
-                 "--quiet"])
-    assert code == 0
-    return out
+    of the recipe's 3 votes, which `eval` then takes from the run). Shared: tests copy it
+    before they change it."""
+
+    def train(out: Path) -> None:
+        code = main(["train", "pointrefer", "--data", str(prepared("laso")), "--epochs", "1",
+                     "--batch-size", "2", "--max-batches", "2", "--points", "512",
+                     "--workers", "0", "--set", "freeze_text_encoder=true", "--votes", "1",
+                     "--out", str(out), "--quiet"])
+        assert code == 0
+
+    return build_once("pointrefer-seen", train)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

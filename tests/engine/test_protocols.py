@@ -27,18 +27,14 @@ from affcli.nn.pointnet2 import SetAbstractionMSG
 
 
 @pytest.fixture(scope="module")
-def carvable(tmp_path_factory):
+def carvable(build_once):
     """carvable(kind) -> a file with three training shapes per class (the shared fixtures'
     K=2 leaves one, and a class needs two to lend one to validation)."""
-    base = tmp_path_factory.mktemp("k4")
-    made = {}
 
     def get(kind: str):
-        if kind not in made:
-            synthesize(kind, base / kind, seed=7, shapes_per_class=4)
-            prepare(kind, base / kind, "seen", "full", base / f"{kind}.h5")
-            made[kind] = base / f"{kind}.h5"
-        return made[kind]
+        raw = build_once(f"raw-{kind}-k4", lambda out: synthesize(kind, out, seed=7,
+                                                                  shapes_per_class=4))
+        return build_once(f"{kind}-k4.h5", lambda out: prepare(kind, raw, "seen", "full", out))
 
     return get
 

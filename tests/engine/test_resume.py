@@ -22,7 +22,7 @@ def _config(data, out) -> TrainConfig:
     # PointRefer has dropout (its text encoder's), so the RNG states must be restored too
     # test_split "": no test evaluation at the end (None would mean "not given": the default
     # test split); validation in batches of 16, fewer model calls for the same figures
-    given = dict(data=str(data), epochs=2, batch_size=4, max_batches=2, workers=0,
+    given = dict(data=str(data), epochs=2, batch_size=2, max_batches=2, workers=0,
                  num_points=512, test_split="", eval_batch_size=16, out=str(out),
                  model_config={"freeze_text_encoder": True})
     return resolve("pointrefer", models.model_class("pointrefer").train_recipe, None, given)
@@ -43,10 +43,9 @@ def _resume(run):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(prepared, tmp_path_factory):
-    run = tmp_path_factory.mktemp("resume") / "whole"
-    Trainer(_config(prepared("laso"), run), Process()).run()
-    return run
+def uninterrupted(prepared, build_once):
+    return build_once("resume-whole",
+                      lambda run: Trainer(_config(prepared("laso"), run), Process()).run())
 
 
 def test_ctrl_c_mid_epoch_then_resume_equals_the_uninterrupted_run(prepared, tmp_path,
