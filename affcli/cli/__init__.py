@@ -83,6 +83,7 @@ def _register() -> None:
         export,
         import_checkpoint,
         model_list,
+        plot,
         prepare,
         synth,
         train,
@@ -96,6 +97,7 @@ def _register() -> None:
     model_list.register(app)
     bench.register(app)
     compare.register(app)
+    plot.register(app)
 
 
 _register()

@@ -169,7 +169,7 @@ def _report(rep: Reporter, cfg: TrainConfig, trainer: Trainer, summary: dict[str
         if trainer.selects_on_test:
             rep.warn(f"epoch {summary['best_epoch']} was chosen on this same split: the "
                      "figures are optimistic (--val-from-train gives an honest choice)")
-    rep.note(f"run folder: {summary['run_dir']}")
+    rep.note(f"run folder: {summary['run_dir']} (training curves: results.png, results.csv)")
     rep.result(summary)
 
 

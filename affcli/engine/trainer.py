@@ -2,8 +2,8 @@
 
 One epoch = the global batches of GlobalBatchSampler, each split over the processes; after
 it, validation (the recipe's `select_by` metric decides `best.pt`), `last.pt`, a line in
-`metrics.jsonl`. At the end the best weights are evaluated on the test split (averaging the
-recipe's `votes` seeded passes).
+`metrics.jsonl`, and `results.csv` / `results.png` redrawn from it. At the end the best
+weights are evaluated on the test split (averaging the recipe's `votes` seeded passes).
 
 Exact resume: everything a step depends on is either derived from (seed, epoch, index) —
 batch order, sample augmentation — or saved in the checkpoint — weights, optimizer and
@@ -35,6 +35,7 @@ from affcli.engine import checkpoint as ckpt
 from affcli.engine import distributed as D
 from affcli.engine.evaluator import autocast, predict, score, to_device
 from affcli.engine.recipes import TrainConfig, better, learning_rate
+from affcli.engine.results import write_results
 from affcli.errors import AffError
 from affcli.fileio import jsonable, write_json
 from affcli.models.config import load_state
@@ -391,6 +392,10 @@ class Trainer:
         if self.proc.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(jsonable(record)) + "\n")
+            try:
+                write_results(self.run_dir)
+            except Exception as exc:  # noqa: BLE001 (a picture must not end a long training)
+                self._note("warn", f"results.csv / results.png not written: {exc}")
         return record
 
     def _finish(self) -> dict[str, Any]:

@@ -3,12 +3,14 @@ predictions, and exit code 2 with the file named for every bad input."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from affcli.engine import checkpoint as ckpt
 
@@ -23,6 +25,36 @@ def test_a_run_folder_holds_everything(trained_run):
     record = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["epoch"] == 1 and len(record["step_losses"]) == 2
     assert set(record["val"]) == {"aiou", "auc", "sim", "mae", "count"}
+    # the training curves: a CSV row per epoch with the log's figures, and a picture
+    rows = list(csv.DictReader(open(trained_run / "results.csv")))
+    assert len(rows) == 1 and int(rows[0]["epoch"]) == 1 and rows[0]["best"] == "True"
+    assert float(rows[0]["train_loss"]) == pytest.approx(record["train_loss"], rel=1e-12)
+    for m in ("aiou", "auc", "sim", "mae"):
+        assert float(rows[0][f"val_{m}"]) == pytest.approx(record["val"][m], rel=1e-12)
+    with Image.open(trained_run / "results.png") as im:
+        assert im.format == "PNG" and im.size == (1200, 640)
+
+
+def test_plot_redraws_the_pictures_of_a_run(run_cli, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    csv_before = (run / "results.csv").read_text()
+    for name in ("results.csv", "results.png"):
+        (run / name).unlink()
+    code, out, err = run_cli("plot", run, "--json")
+    assert code == 0, err
+    assert json.loads(out)["written"][str(run)] == [str(run / "results.csv"),
+                                                     str(run / "results.png")]
+    assert (run / "results.csv").read_text() == csv_before
+    with Image.open(run / "results.png") as im:
+        assert im.size == (1200, 640)
+    # a torn log names its line, a folder without one says so; nothing is written
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"epoch": 2, \n')
+    code, _, err = run_cli("plot", run)
+    assert code == 2 and "metrics.jsonl" in err and "line 2 is not JSON" in err
+    assert (run / "results.csv").read_text() == csv_before
+    code, _, err = run_cli("plot", tmp_path)
+    assert code == 2 and "metrics.jsonl" in err and "no finished epoch" in err
 
 
 def test_eval_prints_named_tables_and_the_baseline(run_cli, trained_run, prepared):

@@ -4,6 +4,7 @@ never interrupted (bit for bit)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from affcli import models
 from affcli.engine import checkpoint as ckpt
 from affcli.engine.distributed import Process
 from affcli.engine.recipes import TrainConfig, resolve
+from affcli.engine.results import COLUMNS
 from affcli.engine.trainer import Interrupted, Trainer
 
 
@@ -91,3 +93,8 @@ def test_kill_after_an_epoch_then_resume_equals_the_uninterrupted_run(prepared, 
     # the best checkpoint is the epoch with the best validation aIoU
     best = max(whole, key=lambda r: r["val"]["aiou"])
     assert ckpt.load(run / ckpt.BEST)["state"]["best_epoch"] == best["epoch"]
+    # the resumed run continued results.csv: the same rows as the uninterrupted one's
+    timeless = [c for c in COLUMNS if c not in ("samples_per_s", "seconds", "wall_seconds")]
+    rows = [[[r[c] for c in timeless] for r in csv.DictReader(open(d / "results.csv"))]
+            for d in (uninterrupted, run)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
