@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic datasets in their raw formats and prepared HDF5 files.
 
-Everything is built once per session with K=2 shapes per class (the smallest K synth takes).
+Everything is built once per test run, for all pytest-xdist workers (`build_once`), with
+K=2 shapes per class (the smallest K synth takes).
 """
 
 from __future__ import annotations
