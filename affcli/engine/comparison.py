@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 from affcli.engine.recipes import SELECT_METRICS as METRICS
+from affcli.engine.results import read_records
+from affcli.errors import AffError
 
 # the table's columns, in order (JSON and CSV use the same keys)
 COLUMNS = ("run", "model", "setting", "data", "epochs", "best_epoch", "select_by",
@@ -44,14 +46,11 @@ def read_run(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise RunReadError("config.yaml is not a run configuration")
     records = []
-    metrics_file = path / "metrics.jsonl"
-    if metrics_file.is_file():
-        for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise RunReadError(f"metrics.jsonl line {number}: {exc.msg}") from None
+    if (path / "metrics.jsonl").is_file():
+        try:
+            records = read_records(path)
+        except AffError as exc:
+            raise RunReadError(f"metrics.jsonl line {exc.record}: {exc.reason}") from None
     if not records:
         raise RunReadError("no finished epoch (metrics.jsonl is missing or empty)")
     select_by = cfg.get("select_by", "aiou")

@@ -24,8 +24,8 @@ PNG_SIZE = (1200, 640)  # pixels: six panels readable at 100 % zoom
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The epoch records of `run_dir/metrics.jsonl`, in order; a line that is not JSON is an
-    error naming the file and the line (exit 2)."""
+    """The epoch records of `run_dir/metrics.jsonl`, in order; a line that is not an epoch
+    record is an error naming the file and the line (exit 2)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise AffError(path, "no such file: this folder has no finished epoch")
@@ -36,9 +36,9 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise AffError(path, f"line {number} is not JSON ({exc.msg})") from None
+            raise AffError(path, f"not JSON ({exc.msg})", record=number) from None
         if not isinstance(record, dict) or "epoch" not in record:
-            raise AffError(path, f"line {number} is not an epoch record")
+            raise AffError(path, "not an epoch record", record=number)
         records.append(record)
     return records
 

@@ -51,7 +51,7 @@ def test_plot_redraws_the_pictures_of_a_run(run_cli, trained_run, tmp_path):
     # a torn log names its line, a folder without one says so; nothing is written
     (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"epoch": 2, \n')
     code, _, err = run_cli("plot", run)
-    assert code == 2 and "metrics.jsonl" in err and "line 2 is not JSON" in err
+    assert code == 2 and "metrics.jsonl:2: not JSON" in err
     assert (run / "results.csv").read_text() == csv_before
     code, _, err = run_cli("plot", tmp_path)
     assert code == 2 and "metrics.jsonl" in err and "no finished epoch" in err
