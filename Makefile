@@ -23,26 +23,37 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip 2>/dev/null || true
-	$(BIN)/pip install --quiet --no-compile -e '.[dev,bench,export]'
+	$(BIN)/pip install --quiet --no-compile -e '.[dev,bench,export,track]'
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 # The main job on the embedded synthetic dataset: synth LASO -> prepare -> train PointRefer
 # briefly on the CPU -> evaluate on the test split beside a constant-prediction baseline ->
 # predict on loose synthetic shape files (a stand-in for your own scans) with PNG renders.
+# (train skips its own test plots: eval draws the same ones right after.)
 DEMO_QUESTION ?= Where would you grasp this mug?
 demo: setup
 	$(BIN)/affcli synth laso $(DEMO)/LASO_dataset -k $(DEMO_SHAPES) --force
 	$(BIN)/affcli prepare laso --root $(DEMO)/LASO_dataset --out data/laso_seen.h5 --force
 	rm -rf runs/demo
 	$(BIN)/affcli train pointrefer --data data/laso_seen.h5 --out runs/demo/pointrefer \
-		$(DEMO_TRAIN)
+		$(DEMO_TRAIN) --no-plots
 	$(BIN)/affcli eval runs/demo/pointrefer --split test
 	$(BIN)/affcli synth shapes $(DEMO)/shapes -k 1 --force --quiet
 	rm -rf runs/demo/predict
 	$(BIN)/affcli predict $(DEMO)/shapes/mug_0.ply $(DEMO)/shapes/knife_0.ply \
 		--model runs/demo/pointrefer --question "$(DEMO_QUESTION)" --render \
 		--out runs/demo/predict
+	@cd runs/demo && ls pointrefer/results.png pointrefer/plots/test/per_affordance.png \
+		pointrefer/plots/test/gallery predict/mug_0.png > /dev/null
+	@echo "The demo's pictures (any image viewer opens them):"
+	@echo "  runs/demo/pointrefer/results.png                   training curves"
+	@echo "  runs/demo/pointrefer/plots/test/per_object.png     aIoU per object class"
+	@echo "  runs/demo/pointrefer/plots/test/per_affordance.png aIoU per affordance"
+	@echo "  runs/demo/pointrefer/plots/test/iou_thresholds.png IoU at each threshold"
+	@echo "  runs/demo/pointrefer/plots/test/gallery/*.png      best, median, worst per affordance"
+	@echo "  runs/demo/predict/mug_0.png, knife_0.png           predictions on loose shape files"
+	@echo "Redraw them with: $(BIN)/affcli plot runs/demo/pointrefer"
 
 # Lint first (ruff clean is part of passing); the 15 slowest tests are listed so CI logs
 # show where the time goes. Two pytest-xdist workers of one thread each (tests/conftest.py)

@@ -116,6 +116,27 @@ def per_sample(pred: Any, gt: Any) -> dict[str, torch.Tensor]:
     return {name: rows[:, i].contiguous() for i, name in enumerate(METRICS)}
 
 
+def iou_curves(pred: Any, gt: Any, valid: np.ndarray | None = None) -> np.ndarray:
+    """The IoU behind aIoU at each of the 20 thresholds, per sample: float64 [S, 20], NaN
+    rows for samples without a positive point (their mean over thresholds is aIoU). Tells
+    a user where to threshold a heatmap. `valid` [S, N] limits each row to those points."""
+    p, g = _as_2d(pred, "pred").numpy(), _as_2d(gt, "gt").numpy()
+    if p.shape != g.shape:
+        raise ValueError(f"pred {list(p.shape)} and gt {list(g.shape)} differ")
+    positive = g >= 0.5
+    keep = np.ones(p.shape, bool) if valid is None else np.asarray(valid, bool)
+    positive &= keep
+    n_pos = positive.sum(1)
+    out = np.full((p.shape[0], IOU_THRESHOLDS), np.nan)
+    for k, t in enumerate(np.linspace(0, 1, IOU_THRESHOLDS)):
+        above = (p >= t) & keep
+        tp = (above & positive).sum(1)
+        union = above.sum(1) + n_pos - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, k] = np.where(n_pos > 0, tp / union, np.nan)
+    return out
+
+
 def per_sample_valid(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray
                      ) -> dict[str, torch.Tensor]:
     """per_sample over each row's valid points only (valid [S, N] bool): rows with the same

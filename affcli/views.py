@@ -10,6 +10,7 @@ global backend switch is involved (safe inside servers, tests and threads).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,6 @@ def render_views(points: np.ndarray, scores: np.ndarray, path: str | Path,
     """
     pts, sc = _checked(points, scores, size, up)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     width, height = size
@@ -55,34 +54,59 @@ def render_views(points: np.ndarray, scores: np.ndarray, path: str | Path,
     FigureCanvasAgg(fig)
     xyz = _UP_MAPS[up](pts)
     colors = heatmap_colors(sc) / 255.0
-    centre = (xyz.min(axis=0) + xyz.max(axis=0)) / 2
-    half = max(float(np.ptp(xyz, axis=0).max()) / 2, 1e-9)
     top = 0.90 if title else 0.97
     panel_w = 0.43
-    marker = _marker_area(len(xyz), panel_w * width, top * height)
+    marker = marker_area(len(xyz), panel_w * width, top * height)
     for i, (azim, label) in enumerate(VIEWS):
-        ax = fig.add_axes((0.01 + i * panel_w, 0.0, panel_w, top), projection="3d")
-        # opaque markers without depth shading: the colour seen is the score's colour, and
-        # mplot3d draws them back to front so near points hide far ones
-        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colors, s=marker, depthshade=False,
-                   edgecolors="none", linewidths=0)
-        ax.view_init(elev=ELEVATION, azim=azim)
-        ax.set_proj_type("ortho")  # no perspective stretch: proportions stay true
-        for c, setter in enumerate((ax.set_xlim, ax.set_ylim, ax.set_zlim)):
-            setter(centre[c] - half, centre[c] + half)  # one scale on every axis
-        ax.set_box_aspect((1, 1, 1), zoom=1.25)
-        ax.set_axis_off()
-        ax.text2D(0.5, 0.02, label, transform=ax.transAxes, ha="center", fontsize=9,
-                  color="0.35")
-    cax = fig.add_axes((0.9, 0.12, 0.018, top - 0.2))
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEATMAP_CMAP), cax=cax)
-    bar.set_label("affordance score")
+        draw_view(fig, (0.01 + i * panel_w, 0.0, panel_w, top), xyz, colors, marker, azim,
+                  label)
+    add_colorbar(fig, (0.9, 0.12, 0.018, top - 0.2))
     if title:
         fig.suptitle(title, y=0.975)
     path = Path(path)
     with atomic_output(path, force=True) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
     return path
+
+
+def draw_view(fig: Any, rect: tuple[float, float, float, float], xyz: np.ndarray,
+              colors: np.ndarray, marker: float, azim: float, label: str | None = None
+              ) -> None:
+    """One orthographic view of an up-mapped cloud (`to_z_up`) in the figure rectangle
+    `rect`, seen from `azim` at ELEVATION, every axis on one scale."""
+    centre = (xyz.min(axis=0) + xyz.max(axis=0)) / 2
+    half = max(float(np.ptp(xyz, axis=0).max()) / 2, 1e-9)
+    ax = fig.add_axes(rect, projection="3d")
+    # opaque markers without depth shading: the colour seen is the score's colour, and
+    # mplot3d draws them back to front so near points hide far ones
+    ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colors, s=marker, depthshade=False,
+               edgecolors="none", linewidths=0)
+    ax.view_init(elev=ELEVATION, azim=azim)
+    ax.set_proj_type("ortho")  # no perspective stretch: proportions stay true
+    for c, setter in enumerate((ax.set_xlim, ax.set_ylim, ax.set_zlim)):
+        setter(centre[c] - half, centre[c] + half)
+    ax.set_box_aspect((1, 1, 1), zoom=1.25)
+    ax.set_axis_off()
+    if label:
+        ax.text2D(0.5, 0.02, label, transform=ax.transAxes, ha="center", fontsize=9,
+                  color="0.35")
+
+
+def add_colorbar(fig: Any, rect: tuple[float, float, float, float]) -> None:
+    """The heatmap colour bar (0..1, HEATMAP_CMAP): the one scale of every score picture."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=HEATMAP_CMAP),
+                       cax=fig.add_axes(rect))
+    bar.set_label("affordance score")
+
+
+def to_z_up(points: np.ndarray, up: str = "y") -> np.ndarray:
+    """`points` [M, 3] rotated so that their `up` axis is matplotlib's z."""
+    if up not in _UP_MAPS:
+        raise ValueError(f"up must be one of {', '.join(_UP_MAPS)}, got {up!r}")
+    return _UP_MAPS[up](np.asarray(points, np.float64))
 
 
 def _checked(points: np.ndarray, scores: np.ndarray, size: tuple[int, int], up: str
@@ -102,7 +126,7 @@ def _checked(points: np.ndarray, scores: np.ndarray, size: tuple[int, int], up: 
     return pts, sc
 
 
-def _marker_area(n: int, panel_w_px: float, panel_h_px: float) -> float:
+def marker_area(n: int, panel_w_px: float, panel_h_px: float) -> float:
     """Marker area in points^2: dense clouds get small dots, sparse ones big enough to read
     as a surface. The cloud's outline covers roughly half the panel's shorter side squared."""
     side = 0.5 * min(panel_w_px, panel_h_px)

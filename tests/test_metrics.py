@@ -52,6 +52,23 @@ def test_per_sample_equals_reference_loop():
     assert math.isnan(ours["auc"][4]) and not math.isnan(ours["aiou"][4])
 
 
+def test_iou_curves_are_the_reference_ious_behind_aiou():
+    pred, gt = _data()
+    curves = metrics.iou_curves(pred, gt)
+    assert curves.shape == (60, 20) and np.isnan(curves[3]).all()
+    t = gt[0] >= 0.5
+    for k, th in enumerate(np.linspace(0, 1, 20)):  # the reference's IoU, written out
+        above = pred[0] >= th
+        assert curves[0, k] == pytest.approx((above & t).sum() / (above | t).sum(), abs=1e-12)
+    np.testing.assert_allclose(curves.mean(1), _reference(pred, gt)["aiou"], atol=1e-12,
+                               equal_nan=True)
+    # restricted to valid points, they stay the IoUs behind that aIoU
+    valid = np.random.default_rng(1).random(pred.shape) > 0.3
+    np.testing.assert_allclose(metrics.iou_curves(pred, gt, valid).mean(1),
+                               metrics.per_sample_valid(pred, gt, valid)["aiou"].numpy(),
+                               atol=1e-12, equal_nan=True)
+
+
 def test_evaluate_groups_by_name():
     pred, gt = _data(s=40)
     objects = ["Mug" if i % 3 else "Chair" for i in range(40)]

@@ -20,7 +20,10 @@ def plot_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Redraw results.csv and results.png (training curves) from each run's metrics.jsonl."""
+    """Redraw a run's pictures from its saved files: results.csv and results.png (training
+    curves) from metrics.jsonl, and each RUN/plots/<split>/ from its eval.json and
+    gallery.npz."""
+    from affcli.engine.evalplots import DATA_NAME, draw_eval_plots
     from affcli.engine.results import write_results
     from affcli.errors import AffError
 
@@ -29,7 +32,14 @@ def plot_cmd(
     for run in runs:
         if not run.is_dir():
             raise AffError(run, "not a run folder" if run.exists() else "no such folder")
-        paths = write_results(run)
+        evaluated = sorted(p.parent for p in (run / "plots").glob(f"*/{DATA_NAME}"))
+        paths = []
+        if (run / "metrics.jsonl").exists() or not evaluated:
+            paths += write_results(run)
+        for folder in evaluated:
+            drawn = draw_eval_plots(folder)
+            rep.note(f"{folder}: drew {len(drawn)} pictures")
+            paths += drawn
         written[str(run)] = [str(p) for p in paths]
-        rep.note(f"{run}: wrote {', '.join(p.name for p in paths)}")
+        rep.note(f"{run}: wrote {len(paths)} files")
     rep.result({"written": written})

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch-free at import: `affcli --version` must stay cheap
     from affcli.engine.trainer import Trainer
 
 # options a resumed run may change; everything else comes from the run's own config
-RESUMABLE = ("epochs", "workers", "device")
+RESUMABLE = ("epochs", "workers", "device", "plots", "tensorboard")
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +63,13 @@ def train_cmd(
     votes: Annotated[int | None, typer.Option(
         help="Passes averaged in the final test (default: the paper's; PointRefer 3).")
     ] = None,
+    plots: Annotated[bool | None, typer.Option(
+        "--plots/--no-plots", help="After the final test, draw aIoU charts per class, the "
+        "IoU-threshold curves and a best/median/worst gallery into RUN/plots/<split>/ "
+        "(default: on).")] = None,
+    tensorboard: Annotated[bool | None, typer.Option(
+        "--tensorboard/--no-tensorboard", help="Log losses, lr, metrics and the gallery to "
+        "RUN/tb/ when the tensorboard package is installed (default: on).")] = None,
     config: Annotated[Path | None, typer.Option(
         help="YAML file of options (any of these, underscores or dashes).")] = None,
     set_: Annotated[list[str] | None, typer.Option(
@@ -88,7 +95,8 @@ def train_cmd(
              "device": device,
              "amp": amp, "seed": seed, "workers": workers, "max_batches": max_batches,
              "max_val_batches": max_val_batches, "val_from_train": val_from_train,
-             "select_by": select_by, "votes": votes,
+             "select_by": select_by, "votes": votes, "plots": plots,
+             "tensorboard": tensorboard,
              "out": str(out) if out else None}
     if set_:
         from affcli.cli.import_checkpoint import parse_overrides
@@ -169,7 +177,11 @@ def _report(rep: Reporter, cfg: TrainConfig, trainer: Trainer, summary: dict[str
         if trainer.selects_on_test:
             rep.warn(f"epoch {summary['best_epoch']} was chosen on this same split: the "
                      "figures are optimistic (--val-from-train gives an honest choice)")
-    rep.note(f"run folder: {summary['run_dir']} (training curves: results.png, results.csv)")
+    rep.note(f"run folder: {summary['run_dir']} (training curves: results.png, results.csv"
+             + (f"; test plots: {Path(summary['plots']).relative_to(summary['run_dir'])}/"
+                if summary.get("plots") else "")
+             + (f"; TensorBoard: {trainer.tb.dir.name}/" if trainer.tb is not None else "")
+             + ")")
     rep.result(summary)
 
 
@@ -233,6 +245,12 @@ def eval_cmd(
         help="Score under point-cloud corruptions instead (PointCloud-C: scale, jitter, "
         "rotate, drop_global, drop_local, add_global, add_local; severities 1-5; 'all' is "
         "the 35-cell grid, written to the run folder).")] = None,
+    plots: Annotated[bool, typer.Option(
+        "--plots/--no-plots", help="Draw aIoU charts per class, the IoU-threshold curves and "
+        "a gallery of best/median/worst samples into RUN/plots/<split>/.")] = True,
+    plots_dir: Annotated[Path | None, typer.Option(
+        help="Draw the plots here instead (needed for a checkpoint outside a run folder).")
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -289,11 +307,39 @@ def eval_cmd(
         save(save_predictions, pred, {"data": data, "split": split, "model": source,
                                       "model_type": model_type})
         rep.note(f"predictions written to {save_predictions}")
-    metric_tables(rep, result, f"{model_type} on {info.dataset} {info.setting} {split}"
-                  f"{votes_label(votes)}", base)
+    title = f"{model_type} on {info.dataset} {info.setting} {split}{votes_label(votes)}"
+    metric_tables(rep, result, title, base)
+    pictures = None
+    if plots:
+        pictures = _eval_plots(rep, plots_dir, source, doc, split, data, pred, dataset,
+                               result, base, title)
     rep.result({"model": str(source), "model_type": model_type, "data": str(data),
                 "split": split, **result,
-                **({"baseline": base} if base is not None else {})})
+                **({"baseline": base} if base is not None else {}),
+                **({"plots": pictures} if pictures is not None else {})})
+
+
+def _eval_plots(rep: Reporter, plots_dir: Path | None, source: Path,
+                doc: dict[str, Any] | None, split: str, data: Path, pred: Any, dataset: Any,
+                result: dict[str, Any], base: dict[str, Any] | None, title: str
+                ) -> str | None:
+    """Draw the evaluation pictures; their folder, or None when there is no place for
+    them (a checkpoint outside a run folder and no --plots-dir)."""
+    import time
+
+    from affcli.engine.evalplots import plots_dir as default_dir
+    from affcli.engine.evalplots import write_eval_plots
+
+    if plots_dir is None:
+        run = source.parent if doc is not None else None
+        if run is None or not (run / "config.yaml").is_file():
+            rep.note(f"{source} is not in a run folder: no plots (pass --plots-dir DIR)")
+            return None
+        plots_dir = default_dir(run, split, data, (doc or {}).get("data", {}).get("path"))
+    t0 = time.perf_counter()
+    paths = write_eval_plots(plots_dir, pred, dataset, result, base, title)
+    rep.note(f"plots: {len(paths)} pictures in {plots_dir} ({time.perf_counter() - t0:.1f} s)")
+    return str(plots_dir)
 
 
 def _same_file(a: str | Path | None, b: Path) -> bool:

@@ -56,6 +56,8 @@ class TrainConfig:
     test_split: str | None = "test"  # evaluated with the best checkpoint at the end
     select_by: str = "aiou"  # the validation metric that chooses best.pt
     votes: int = 1  # the final test's passes averaged (seeded, random FPS starts)
+    plots: bool = True  # the final test's charts and gallery in RUN/plots/<split>/
+    tensorboard: bool = True  # log to RUN/tb/ when the tensorboard package is installed
     model_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # config overrides
     out: str | None = None
 
@@ -97,6 +99,8 @@ class TrainConfig:
             (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
              "must be at least 1"),
             (isinstance(self.model_config, dict), "model_config", "must be a mapping"),
+            (isinstance(self.plots, bool), "plots", "must be true or false"),
+            (isinstance(self.tensorboard, bool), "tensorboard", "must be true or false"),
         ]
         for ok, name, reason in checks:
             if not ok:

@@ -33,7 +33,9 @@ from affcli.data.h5 import FileInfo, read_info
 from affcli.data.splits import carve_validation
 from affcli.engine import checkpoint as ckpt
 from affcli.engine import distributed as D
-from affcli.engine.evaluator import autocast, predict, score, to_device
+from affcli.engine import tracking
+from affcli.engine.evalplots import write_eval_plots
+from affcli.engine.evaluator import autocast, constant_baseline, predict, score, to_device
 from affcli.engine.recipes import TrainConfig, better, learning_rate
 from affcli.engine.results import write_results
 from affcli.errors import AffError
@@ -172,6 +174,10 @@ class Trainer:
         self.run_dir = self._run_dir(resume)
         if resume is not None:
             self._resume(resume)
+        self.tb = (tracking.open_log(self.run_dir, cfg.tensorboard, self.state.global_step)
+                   if proc.main else None)
+        if self.tb is not None:
+            self._note("note", f"TensorBoard: tensorboard --logdir {self.tb.dir}")
         step = TrainStep(self.model)
         self.step_module: nn.Module = step
         if proc.distributed:
@@ -327,6 +333,8 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.tb is not None:
+                self.tb.close()
 
     def _run(self, interrupted: dict[str, bool]) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
@@ -350,6 +358,8 @@ class Trainer:
                 s.step += 1
                 s.global_step += 1
                 seen += cfg.batch_size
+                if self.tb is not None:
+                    self.tb.step(s.global_step, loss, lr)
                 if "step" in self.hooks and self.proc.main:
                     self.hooks["step"](epoch, s.step, per_epoch, loss, lr,
                                        seen / max(time.perf_counter() - t0, 1e-9))
@@ -396,6 +406,8 @@ class Trainer:
                 write_results(self.run_dir)
             except Exception as exc:  # noqa: BLE001 (a picture must not end a long training)
                 self._note("warn", f"results.csv / results.png not written: {exc}")
+            if self.tb is not None:
+                self.tb.epoch(record, s.global_step)
         return record
 
     def _finish(self) -> dict[str, Any]:
@@ -419,4 +431,27 @@ class Trainer:
                               selected_on=self.val_split)
                 summary["test"] = result
                 write_json(self.run_dir / "test_metrics.json", result)
+                if cfg.plots:
+                    summary["plots"] = self._test_plots(pred, test_set, result)
+                if self.tb is not None:
+                    self.tb.test(result["overall"], self.state.global_step)
         return summary
+
+    def _test_plots(self, pred: Any, test_set: Any, result: dict[str, Any]) -> str | None:
+        """The final test's charts and gallery in RUN/plots/<split>/ (and the gallery in
+        TensorBoard); a failure is a warning, never the end of a finished training."""
+        cfg = self.cfg
+        out = self.run_dir / "plots" / str(cfg.test_split)
+        title = (f"{cfg.model} on {self.info.dataset} {self.info.setting} {cfg.test_split}, "
+                 f"best epoch {self.state.best_epoch} by {cfg.select_by}"
+                 + (f", {cfg.votes} votes" if cfg.votes > 1 else ""))
+        try:
+            paths = write_eval_plots(out, pred, test_set, result, constant_baseline(pred),
+                                     title)
+            if self.tb is not None:
+                self.tb.images([p for p in paths if p.parent.name == "gallery"],
+                               self.state.global_step)
+        except Exception as exc:  # noqa: BLE001
+            self._note("warn", f"plots not drawn in {out}: {exc}")
+            return None
+        return str(out)

@@ -77,10 +77,13 @@ def test_train_eval_predict_export_through_the_cli(plugin_env, prepared, piad_de
     assert "pointfilm on laso test (best epoch 1 by aiou): per object" in out
     assert "per affordance" in out and "aIoU" in out
 
+    # the final test's pictures are drawn for a plugin's model too
+    assert (run / "plots" / "test" / "per_affordance.png").is_file()
+
     # eval of the plugin's run, as JSON
-    done = affcli(plugin_env, "eval", run, "--split", "test", "--json")
+    done = affcli(plugin_env, "eval", run, "--split", "test", "--json", "--no-plots")
     doc = json.loads(done.stdout)
-    assert doc["model_type"] == "pointfilm"
+    assert doc["model_type"] == "pointfilm" and "plots" not in doc
     assert 0 <= doc["overall"]["aiou"] <= 1 and 0 <= doc["overall"]["auc"] <= 1
 
     # predict on a real PIAD cloud; without --model the newest run of a model that takes

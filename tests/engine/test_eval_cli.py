@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from affcli.engine import checkpoint as ckpt
+from affcli.engine.evalplots import slug
 
 
 def test_a_run_folder_holds_everything(trained_run):
@@ -33,21 +34,66 @@ def test_a_run_folder_holds_everything(trained_run):
         assert float(rows[0][f"val_{m}"]) == pytest.approx(record["val"][m], rel=1e-12)
     with Image.open(trained_run / "results.png") as im:
         assert im.format == "PNG" and im.size == (1200, 640)
+    _the_final_test_has_its_pictures(trained_run)
+    _tensorboard_holds_the_logged_figures(trained_run, record)
+
+
+def _the_final_test_has_its_pictures(run):
+    plots = run / "plots" / "test"
+    test = json.loads((run / "test_metrics.json").read_text())
+    doc = json.loads((plots / "eval.json").read_text())
+    assert doc["result"]["per_affordance"] == test["per_affordance"]
+    # one bar per affordance (and per object) present in the split: the chart grows with them
+    for name, key in (("per_affordance", "per_affordance"), ("per_object", "per_object")):
+        with Image.open(plots / f"{name}.png") as im:
+            assert im.format == "PNG" and im.size == (1200, max(300, 130 + 30 * len(test[key])))
+    with Image.open(plots / "iou_thresholds.png") as im:
+        assert im.size[0] == 1200
+    # the threshold curve behind aIoU: its mean is the split's aIoU
+    assert np.mean(doc["iou_curve"]["overall"]) == pytest.approx(test["overall"]["aiou"],
+                                                                 abs=1e-9)
+    # a gallery page per affordance with a positive sample; best >= median >= worst
+    scored = {a for a, m in test["per_affordance"].items() if m["aiou"] is not None}
+    assert sorted(p.stem for p in (plots / "gallery").glob("*.png")) == sorted(
+        slug(a) for a in scored)
+    for aff in scored:
+        ranked = [g["metrics"]["aiou"] for g in doc["gallery"] if g["affordance"] == aff]
+        assert ranked == sorted(ranked, reverse=True) and 1 <= len(ranked) <= 3
+        assert all(g["text"] for g in doc["gallery"])  # the question is in the caption
+    with np.load(plots / "gallery.npz") as arrays:
+        assert arrays["points"].shape == (len(doc["gallery"]), 512, 3)
+
+
+def _tensorboard_holds_the_logged_figures(run, record):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2]
+    assert [e.value for e in losses] == pytest.approx(record["step_losses"], rel=1e-6)
+    for m in ("aiou", "auc", "sim", "mae"):
+        (val,) = acc.Scalars(f"val/{m}")
+        assert val.step == 2 and val.value == pytest.approx(record["val"][m], rel=1e-6)
+    pages = {f"gallery/{p.stem}" for p in (run / "plots" / "test" / "gallery").glob("*.png")}
+    assert pages and pages <= set(acc.Tags()["images"])
 
 
 def test_plot_redraws_the_pictures_of_a_run(run_cli, trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     csv_before = (run / "results.csv").read_text()
-    for name in ("results.csv", "results.png"):
-        (run / name).unlink()
+    pictures = sorted(run.rglob("*.png"))
+    sizes = [Image.open(p).size for p in pictures]
+    for path in [run / "results.csv", *pictures]:
+        path.unlink()
     code, out, err = run_cli("plot", run, "--json")
     assert code == 0, err
-    assert json.loads(out)["written"][str(run)] == [str(run / "results.csv"),
-                                                     str(run / "results.png")]
+    written = json.loads(out)["written"][str(run)]
+    assert written[:2] == [str(run / "results.csv"), str(run / "results.png")]
+    assert sorted(written[2:]) == [str(p) for p in pictures if p.name != "results.png"]
     assert (run / "results.csv").read_text() == csv_before
-    with Image.open(run / "results.png") as im:
-        assert im.size == (1200, 640)
+    assert [Image.open(p).size for p in pictures] == sizes
     # a torn log names its line, a folder without one says so; nothing is written
     (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"epoch": 2, \n')
     code, _, err = run_cli("plot", run)
@@ -55,14 +101,22 @@ def test_plot_redraws_the_pictures_of_a_run(run_cli, trained_run, tmp_path):
     assert (run / "results.csv").read_text() == csv_before
     code, _, err = run_cli("plot", tmp_path)
     assert code == 2 and "metrics.jsonl" in err and "no finished epoch" in err
+    shutil.copy(trained_run / "metrics.jsonl", run / "metrics.jsonl")  # a good log again
+    arrays = run / "plots" / "test" / "gallery.npz"
+    arrays.write_bytes(arrays.read_bytes()[:1000])
+    code, _, err = run_cli("plot", run)
+    assert code == 2 and f"{arrays}: unreadable" in err
 
 
-def test_eval_prints_named_tables_and_the_baseline(run_cli, trained_run, prepared):
+def test_eval_prints_named_tables_and_the_baseline(run_cli, trained_run, prepared, tmp_path):
     from affcli.data.datasets import open_dataset
 
-    code, out, err = run_cli("eval", trained_run, "--split", "test")
+    code, out, err = run_cli("eval", trained_run, "--split", "test", "--plots-dir",
+                             tmp_path / "plots")
     assert code == 0, err
     assert "per object" in out and "per affordance" in out and "overall" in out
+    assert f"pictures in {tmp_path / 'plots'}" in err
+    assert (tmp_path / "plots" / "eval.json").is_file()
     test = open_dataset(prepared("laso"), "test")
     objects = {test.info.object_names[i] for i in test.sample_object}
     affordances = {test.info.affordance_names[i] for i in test.sample_affordance}
@@ -74,9 +128,13 @@ def test_eval_json_matches_the_saved_predictions(run_cli, trained_run, tmp_path)
     from affcli import metrics
 
     preds = tmp_path / "p.h5"
-    code, out, err = run_cli("eval", trained_run, "--json", "--save-predictions", preds)
+    alone = tmp_path / "best.pt"  # a checkpoint outside its run folder: no place for plots
+    shutil.copy(trained_run / "best.pt", alone)
+    code, out, err = run_cli("eval", alone, "--json", "--save-predictions", preds)
     assert code == 0, err
+    assert "not in a run folder: no plots (pass --plots-dir DIR)" in err
     doc = json.loads(out)
+    assert "plots" not in doc
     assert doc["split"] == "test" and doc["model_type"] == "pointrefer"
     with h5py.File(preds) as f:
         heat, target = f["heatmap"][()], f["target"][()]

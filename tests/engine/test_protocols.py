@@ -43,7 +43,8 @@ def test_votes_average_seeded_passes_from_random_fps_starts(run_cli, trained_run
                                                             tmp_path):
     saved = tmp_path / "voted.h5"
     code, out, err = run_cli("eval", trained_run, "--split", "val", "--votes", "3",
-                             "--batch-size", "8", "--save-predictions", saved, "--json")
+                             "--batch-size", "8", "--save-predictions", saved, "--json",
+                             "--no-plots")
     assert code == 0, err
     assert json.loads(out)["votes"] == 3
     with h5py.File(saved) as f:
@@ -73,7 +74,7 @@ def test_votes_average_seeded_passes_from_random_fps_starts(run_cli, trained_run
     # one pass from start 0 is another prediction: the votes did draw their starts
     one = tmp_path / "one.h5"
     code, out, err = run_cli("eval", trained_run, "--split", "val", "--votes", "1",
-                             "--save-predictions", one, "--json")
+                             "--save-predictions", one, "--json", "--no-plots")
     assert code == 0, err
     assert json.loads(out)["votes"] == 1
     with h5py.File(one) as f:
@@ -93,10 +94,10 @@ def test_voting_leaves_the_global_rng_alone(trained_run, prepared):
 
 
 def test_eval_says_when_the_checkpoint_was_chosen_on_the_scored_split(run_cli, trained_run):
-    code, _, err = run_cli("eval", trained_run, "--split", "val", "--votes", "1")
+    code, _, err = run_cli("eval", trained_run, "--split", "val", "--votes", "1", "--no-plots")
     assert code == 0, err
     assert "chosen on the val split it is scored on" in err
-    code, _, err = run_cli("eval", trained_run, "--split", "test", "--votes", "1")
+    code, _, err = run_cli("eval", trained_run, "--split", "test", "--votes", "1", "--no-plots")
     assert code == 0, err
     assert "chosen on" not in err
 
@@ -157,12 +158,15 @@ def test_select_by_chooses_the_epoch_its_metric_prefers(carvable, tmp_path, monk
         return out
 
     monkeypatch.setattr(trainer_mod, "score", fake_score)
+    # as on a machine without the tensorboard package: nothing logged, nothing said
+    monkeypatch.setattr(trainer_mod.tracking, "available", lambda: False)
     given = {"data": str(carvable("laso")), "num_points": 512, "workers": 0, "epochs": 2,
              "batch_size": 2, "max_batches": 1, "test_split": "test", "select_by": "auc",
-             "val_from_train": 0.25, "votes": 2, "out": str(tmp_path / "run"),
+             "val_from_train": 0.25, "votes": 2, "out": str(tmp_path / "run"), "plots": False,
              "model_config": {"freeze_text_encoder": True}}
     cfg = resolve("pointrefer", model_class("pointrefer").train_recipe, None, given)
-    trainer = Trainer(cfg, Process())
+    notes = []
+    trainer = Trainer(cfg, Process(), hooks={"note": notes.append, "warn": notes.append})
     carved = len(carve_validation(carvable("laso"), 0.25).val.rows)
     assert len(trainer.val_set) == carved
     summary = trainer.run()
@@ -175,6 +179,8 @@ def test_select_by_chooses_the_epoch_its_metric_prefers(carvable, tmp_path, monk
     test = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert test["best_epoch"] == 2 and test["votes"] == 2 and test["selected_on"] == "train-carved"
     assert "val_from_train: 0.25" in (tmp_path / "run" / "config.yaml").read_text()
+    assert not (tmp_path / "run" / "tb").exists() and not any("TensorBoard" in n for n in notes)
+    assert not (tmp_path / "run" / "plots").exists()  # plots: false
 
 
 def test_compare_lists_finished_runs_and_names_the_broken_one(run_cli, trained_run, tmp_path,

@@ -72,19 +72,20 @@ def test_ctrl_c_mid_epoch_then_resume_equals_the_uninterrupted_run(prepared, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_kill_after_an_epoch_then_resume_equals_the_uninterrupted_run(prepared, tmp_path,
-                                                                     uninterrupted):
+def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(prepared, tmp_path,
+                                                                uninterrupted):
     run = tmp_path / "killed"
 
     class Killed(Exception):
         pass
 
-    def die(record):
-        if record["epoch"] == 1:
-            raise Killed  # as if the process died right after writing last.pt
+    def die(epoch, step, total, loss, lr, speed):
+        if (epoch, step) == (1, 1):
+            raise Killed  # a hard kill one batch after the last.pt of epoch 1
 
     with pytest.raises(Killed):
-        Trainer(_config(prepared("laso"), run), Process(), hooks={"epoch_end": die}).run()
+        Trainer(_config(prepared("laso"), run), Process(), hooks={"step": die}).run()
+    assert ckpt.load(run / ckpt.LAST)["state"]["global_step"] == 2
     _resume(run)
     whole, cut = _records(uninterrupted), _records(run)
     assert [r["step_losses"] for r in cut] == [r["step_losses"] for r in whole]
@@ -98,3 +99,13 @@ def test_kill_after_an_epoch_then_resume_equals_the_uninterrupted_run(prepared, 
     rows = [[[r[c] for c in timeless] for r in csv.DictReader(open(d / "results.csv"))]
             for d in (uninterrupted, run)]
     assert rows[0] == rows[1] and len(rows[0]) == 2
+    # TensorBoard: step 3, logged before the kill and lost with it, is replaced by the
+    # resumed run's, so every step shows once, with the uninterrupted run's loss
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4]
+    assert [e.value for e in losses] == pytest.approx(
+        [x for r in whole for x in r["step_losses"]], rel=1e-6)
