@@ -75,8 +75,8 @@ def draw_curves(path: str | Path, rows: list[dict[str, Any]], title: str) -> Pat
     from matplotlib.ticker import MaxNLocator
 
     panels = [("train_loss", "train loss"), ("lr", "learning rate"),
-              ("val_aiou", "validation aIoU (higher is better)"),
-              ("val_auc", "validation AUC (higher is better)"),
+              ("val_aiou", "validation aIoU, % (higher is better)"),
+              ("val_auc", "validation AUC, % (higher is better)"),
               ("val_sim", "validation SIM (higher is better)"),
               ("val_mae", "validation MAE (lower is better)")]
     fig = Figure(figsize=(PNG_SIZE[0] / 100, PNG_SIZE[1] / 100), dpi=100)
@@ -85,7 +85,9 @@ def draw_curves(path: str | Path, rows: list[dict[str, Any]], title: str) -> Pat
     epochs = [row["epoch"] for row in rows]
     best = [row["epoch"] for row in rows if row["best"]]
     for ax, (key, label), colour in zip(axes.flat, panels, PALETTE, strict=True):
-        values = [_number(row[key]) for row in rows]
+        # aIoU and AUC in percent, as the tables and the charts of plots/ print them
+        factor = 100.0 if key in ("val_aiou", "val_auc") else 1.0
+        values = [_number(row[key]) * factor for row in rows]
         ax.plot(epochs, values, color=colour, marker="o", markersize=4, linewidth=1.8)
         if best:
             ax.axvline(best[-1], color="#555555", linestyle="--", linewidth=1.0,

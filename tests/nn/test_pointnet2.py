@@ -123,7 +123,7 @@ def test_single_layer_scale_and_zero_features():
     torch.testing.assert_close(out, o2, rtol=1e-5, atol=1e-5)
 
 
-def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats, eps=1e-8):
+def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats, eps=1e-8, training=False):
     d = baseline_ops.square_distance(xyz, coarse)
     d, idx = d.sort(dim=-1)
     d, idx = d[:, :, :3], idx[:, :, :3]
@@ -135,7 +135,7 @@ def _naive_fp(fp: FeaturePropagation, xyz, coarse, skip, feats, eps=1e-8):
     for lin, bn in zip(mlp.linears, mlp.norms, strict=True):
         x = torch.nn.functional.conv2d(x, lin.weight[:, :, None, None], lin.bias)
         x = torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight,
-                                           bn.bias, False, 0.1, bn.eps).relu()
+                                           bn.bias, training, 0.1, bn.eps).relu()
     return x.squeeze(-1).permute(0, 2, 1)
 
 
@@ -148,6 +148,28 @@ def test_feature_propagation_matches_reference(eps):
     skip, feats = torch.randn(2, 200, 5).double(), torch.randn(2, 30, 7).double()
     torch.testing.assert_close(fp(xyz, coarse, skip, feats),
                                _naive_fp(fp, xyz, coarse, skip, feats, eps))
+    # training: batch statistics, running statistics and every gradient as the reference's
+    # (the first layer runs on the coarse points before interpolating: same function)
+    ref = copy.deepcopy(fp).train()
+    fp.train()
+    inputs = [t.clone().requires_grad_() for t in (skip, feats)]
+    ref_inputs = [t.clone().requires_grad_() for t in (skip, feats)]
+    out = fp(xyz, coarse, *inputs)
+    expected = _naive_fp(ref, xyz, coarse, *ref_inputs, eps, training=True)
+    torch.testing.assert_close(out, expected)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for a, b in zip(inputs, ref_inputs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    for (name, p), q in zip(fp.named_parameters(), ref.parameters(), strict=True):
+        if name.startswith("mlp.linears.") and name.endswith(".bias"):
+            assert q.grad.abs().max() < 1e-9  # BatchNorm cancels them; ours are not computed
+        else:
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+    for (name, a), b in zip(fp.named_buffers(), ref.buffers(), strict=True):
+        if a.is_floating_point():  # running statistics (F.batch_norm counts no batches)
+            torch.testing.assert_close(a, b, msg=name)
     # a single coarse point is repeated, as in the reference
     one = FeaturePropagation(7, [4]).double().eval()
     out = one(xyz, coarse[:, :1], None, feats[:, :1])
