@@ -255,6 +255,12 @@ def draw_bars(path: Path, result: dict[str, Any], baseline: dict[str, Any] | Non
     return _save(fig, path)
 
 
+def _shown(value: Any, factor: float, digits: int) -> str:
+    """A metric for a caption; n/a where it is undefined (AUC of an all-positive sample)."""
+    v = _num(value) * factor
+    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
+
+
 def _finite_or(value: float, default: float) -> float:
     return value if math.isfinite(value) else default
 
@@ -320,8 +326,8 @@ def draw_gallery(path: Path, doc: dict[str, Any], arrays: dict[str, np.ndarray],
         top_px = 50 + k * (panel + caption_h)
         m = entry["metrics"]
         head = (f"{entry['rank']}: {entry['object']} #{entry['index']}   aIoU "
-                f"{_num(m['aiou']) * 100:.1f}   AUC {_num(m['auc']) * 100:.1f}   "
-                f"SIM {_num(m['sim']):.3f}   MAE {_num(m['mae']):.3f}")
+                f"{_shown(m['aiou'], 100, 1)}   AUC {_shown(m['auc'], 100, 1)}   "
+                f"SIM {_shown(m['sim'], 1, 3)}   MAE {_shown(m['mae'], 1, 3)}")
         text = (f"\u201c{textwrap.shorten(entry['text'], 150)}\u201d" if entry["text"]
                 else "")
         if has_image:
