@@ -111,8 +111,9 @@ def expand_shapes(args: list[str], stdin: TextIO | None = None
 
 def predict_cmd(
     shapes: Annotated[list[str], typer.Argument(
-        help="Shape files (PLY, OBJ, OFF, STL, XYZ/TXT/PTS/CSV, PIAD text, NPY/NPZ) or globs; "
-        "`-` reads paths from stdin, one a line.", show_default=False)],
+        help="Shape files (PLY, OBJ, OFF, STL, GLB/glTF, 3MF, DAE, PCD, XYZ/TXT/PTS/CSV, PIAD "
+        "text, NPY/NPZ) or globs; `-` reads paths from stdin, one a line.",
+        show_default=False)],
     model: Annotated[Path | None, typer.Option(
         help="Run folder (best.pt), checkpoint file or pretrained directory. Default: the "
         "newest run under runs/<model>/ of the models the conditioning options fit.")] = None,
@@ -120,6 +121,13 @@ def predict_cmd(
         help="Output folder (default: the next free runs/predict-N).")] = None,
     render: Annotated[bool, typer.Option(
         "--render", help="Also write a PNG of two views per shape.")] = False,
+    mesh_format: Annotated[str, typer.Option(
+        "--format", help="How a mesh comes back: ply (faces kept, colour and score per "
+        "vertex) or glb (vertex colours; Blender and web viewers open it). Point clouds are "
+        "always PLY.")] = "ply",
+    face_scores: Annotated[bool, typer.Option(
+        "--face-scores", help="Meshes: also a score per face (the mean of its vertices') in "
+        "the PLY.")] = False,
     force: ForceOpt = False,
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
@@ -145,12 +153,13 @@ def predict_cmd(
 
     # cheap checks first: a bad image or missing run should not wait for the model to load
     P.check_batch_size(batch_size)
+    writer = P.OutputWriter(out, render=render, force=force, mesh_format=mesh_format,
+                            face_scores=face_scores)
     check_files(list(specs.values()), values)
     source, picked = P.resolve_model(model, cond)
     if picked:
         rep.note(f"using the newest run {source} (pass --model to choose)")
     pred = P.Predictor.load(source, cond, device, batch_size)
-    writer = P.OutputWriter(out, render=render, force=force)
     total = len(paths) + len(unmatched)
     rep.note(f"predicting {total} shape{'s' if total != 1 else ''} with {pred.model_type} "
              f"({pred.source}, {pred.n_points} points) on {pred.device}")
@@ -179,7 +188,8 @@ def predict_cmd(
         rep.table(escape(pred.title()),
                   ["shape", "points", "min", "mean", "max", "> 0.5"], rows)
     if done:
-        kinds = ".ply, .npy" + (", .png" if render else "")
+        kinds = (".ply" + (" (.glb for meshes)" if mesh_format == "glb" else "") + ", .npy"
+                 + (", .png" if render else ""))
         rep.note(f"wrote {len(done)} shape{'s' if len(done) != 1 else ''} to "
                  f"{writer.directory} ({kinds} per shape)")
     if failed:

@@ -1,12 +1,16 @@
-"""Users' own shapes in, scored point clouds out: the file layer of `affcli predict`.
+"""Users' own shapes in, scored shapes out: the file layer of `affcli predict`.
 
-`read_shape` turns a point cloud or mesh file into float64 points [M, 3]. Meshes (PLY/OBJ/OFF
-with faces, STL) are sampled on their surface, so every format ends up as a cloud the models
-can take. Anything wrong with a file is an AffError naming the file and, where it helps, the
-line, vertex, face or point. `write_ply` writes points with heatmap colours and the score.
+`read_shape` turns a point cloud or mesh file into float64 points [M, 3]. Meshes are sampled
+on their surface (area-weighted), so every format ends up as a cloud the models can take; the
+mesh itself (vertices, triangles) comes along, so its scores can go back to its own vertices.
+Anything wrong with a file is an AffError naming the file and, where it helps, the line,
+vertex, face or point. `write_ply` writes points (and faces) with heatmap colours and scores.
 
-Supported: PLY (ascii, binary little/big endian), OBJ, OFF, STL (ascii, binary), XYZ-style text
-(.xyz .txt .pts .csv), PIAD point text (.txt), NumPy .npy/.npz.
+Meshes and scenes are read by trimesh (`affcli.data.meshio`): OBJ, OFF, STL, GLB/glTF, 3MF,
+DAE. Our own readers remain where trimesh has none or falls short: PLY (trimesh's binary
+reader takes neither faces of mixed sizes nor list properties outside the faces), XYZ-style
+text (.xyz .txt .pts .csv), PIAD point text (.txt), NumPy .npy/.npz and PCD
+(`affcli.data.pcd`).
 """
 
 from __future__ import annotations
@@ -39,13 +43,15 @@ class Shape:
 
     points: np.ndarray  # float64 [M, 3]
     source: Path
-    kind: str  # ply-ascii, ply-binary, obj, off, stl, xyz, npy, npz, piad
+    kind: str  # ply-ascii, ply-binary, obj, off, stl, glb, gltf, 3mf, dae, pcd, xyz, npy, ...
     is_mesh: bool  # True: `points` were sampled on the file's surface
     labels: np.ndarray | None = None  # PIAD text: float64 [M, 17] affordance scores
     # per-point PLY vertex properties besides x, y, z (e.g. red, green, blue, score); point
     # clouds only, since a mesh's vertices are not the returned points
     properties: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)  # PIAD text: shape_id, object_class
+    vertices: np.ndarray | None = None  # meshes: float64 [V, 3], the file's own vertices
+    faces: np.ndarray | None = None  # meshes: int64 [F, 3] triangles into `vertices`
 
 
 @dataclass
@@ -81,13 +87,24 @@ def read_shape(path: str | Path, mesh_samples: int = 10000, seed: int = 0) -> Sh
     _check_finite(path, parsed.vertices, parsed.vertex_record)
     if parsed.triangles is not None and len(parsed.triangles):
         points = sample_surface(parsed.vertices, parsed.triangles, mesh_samples, seed, path)
-        return Shape(points, path, parsed.kind, True, meta=parsed.meta)
+        return Shape(points, path, parsed.kind, True, meta=parsed.meta,
+                     vertices=parsed.vertices, faces=parsed.triangles)
     _check_count(path, len(parsed.vertices))
     return Shape(parsed.vertices, path, parsed.kind, False, parsed.labels, parsed.properties,
                  parsed.meta)
 
 
+MAX_FILE_BYTES = 2 * 1024**3  # shapes are read whole into memory; a bigger file is a mistake
+
+
 def _read_bytes(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # read_user_bytes names what is wrong
+    if size > MAX_FILE_BYTES:
+        raise AffError(path, f"file is {size / 1024**3:.1f} GiB; affcli reads shapes up to "
+                       f"{MAX_FILE_BYTES / 1024**3:.0f} GiB (subsample it first)")
     data = read_user_bytes(path, "point cloud or mesh file")
     if not data:
         raise AffError(path, "empty file")
@@ -95,20 +112,45 @@ def _read_bytes(path: Path) -> bytes:
 
 
 _TEXT_CLOUD_EXTS = (".xyz", ".txt", ".pts", ".csv")
-_SUPPORTED = ".ply .obj .off .stl .xyz .txt .pts .csv .npy .npz"
+SUPPORTED = (".ply .obj .off .stl .glb .gltf .3mf .dae .pcd .xyz .txt .pts .csv .npy "
+             ".npz").split()
 
 
 def _reader_for(path: Path) -> Callable[[Path, bytes], _Parsed]:
+    from affcli.data.meshio import MESH_TYPES
+
     ext = path.suffix.lower()
     if ext in _TEXT_CLOUD_EXTS:
         return _read_text_cloud  # xyz columns or PIAD lines, told apart by content
     if ext in (".npy", ".npz"):
         return _read_numpy  # told apart by their magic bytes, whatever the extension says
-    readers = {".ply": _read_ply, ".obj": _read_obj, ".off": _read_off, ".stl": _read_stl}
-    if ext not in readers:
-        raise AffError(path, f"unknown file type {ext or '(no extension)'!r}",
-                       hint=f"supported extensions: {_SUPPORTED}")
-    return readers[ext]
+    if ext == ".pcd":
+        return _read_pcd
+    if ext == ".ply":
+        # our own reader: trimesh's reads neither binary PLY faces of mixed sizes (quads
+        # and triangles, as Blender writes them) nor list properties outside the faces
+        return _read_ply
+    if ext in MESH_TYPES:
+        return _read_mesh
+    raise AffError(path, f"unknown file type {ext or '(no extension)'!r}",
+                   hint=f"supported extensions: {' '.join(SUPPORTED)}")
+
+
+def _read_mesh(path: Path, data: bytes) -> _Parsed:
+    from affcli.data.meshio import read_mesh
+
+    mesh = read_mesh(path, data)
+    return _Parsed(mesh.kind, mesh.vertices, _vertex_record,
+                   mesh.faces if len(mesh.faces) else None)
+
+
+def _read_pcd(path: Path, data: bytes) -> _Parsed:
+    from affcli.data.pcd import read_pcd
+
+    points, fields = read_pcd(path, data)
+    # (organized clouds' NaN points are dropped by the reader, so no point index to name)
+    return _Parsed("pcd", points, lambda i: f"point {i}",
+                   properties={k: v for k, v in fields.items() if v.ndim == 1})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,174 +356,6 @@ def _read_piad(path: Path, lines: list[str]) -> _Parsed:
     meta = dict(zip(("shape_id", "object_class") if len(names) == 2 else ("name",), names,
                     strict=True))
     return _Parsed("piad", values[:, :3], record, labels=labels, meta=meta)
-
-
-# ---------------------------------------------------------------------------------------------
-# OBJ
-
-
-def _read_obj(path: Path, data: bytes) -> _Parsed:
-    verts: list[list[float]] = []
-    v_lines: list[int] = []
-    polys: list[list[int]] = []
-    f_lines: list[int] = []
-    for no, line in enumerate(_decode(path, data).splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if tokens[0] == "v":
-            if len(tokens) < 4:
-                raise AffError(path, "vertex line needs x y z", record=f"line {no}")
-            verts.append(_floats(path, tokens[1:4], no, "vertex"))
-            v_lines.append(no)
-        elif tokens[0] == "f":
-            polys.append([_obj_index(path, t, len(verts), no) for t in tokens[1:]])
-            f_lines.append(no)
-        # vt, vn, g, o, s, usemtl, mtllib, l, p, comments: nothing a surface sample needs
-    vertices = np.array(verts, np.float64).reshape(-1, 3)
-    tris = _triangulate(path, polys, len(verts), _line_record(f_lines), index_base=1)
-    return _Parsed("obj", vertices, _line_record(v_lines), tris)
-
-
-def _obj_index(path: Path, token: str, n_so_far: int, line: int) -> int:
-    """A face corner `v`, `v/vt`, `v//vn` or `v/vt/vn` as a 0-based vertex index."""
-    try:
-        k = int(token.split("/", 1)[0])
-    except ValueError:
-        raise AffError(path, f"bad face corner {token!r} (expected v, v/vt, v//vn or "
-                       "v/vt/vn)", record=f"line {line}") from None
-    if k > 0:
-        return k - 1  # range-checked after the whole file: forward references happen
-    if k < 0 and n_so_far + k >= 0:
-        return n_so_far + k  # relative: -1 is the latest vertex defined above this line
-    reason = "vertex index 0 (OBJ counts from 1)" if k == 0 else (
-        f"relative vertex index {k}, but only {n_so_far} vertices precede this line")
-    raise AffError(path, reason, record=f"line {line}")
-
-
-# ---------------------------------------------------------------------------------------------
-# OFF
-
-_OFF_HEADER = re.compile(r"(ST)?(C)?(N)?(4)?(n)?OFF")
-
-
-def _read_off(path: Path, data: bytes) -> _Parsed:
-    lines = [(no, ln.split("#", 1)[0].split())
-             for no, ln in enumerate(_decode(path, data).splitlines(), start=1)]
-    lines = [(no, tok) for no, tok in lines if tok]
-    if not lines:
-        raise AffError(path, "no points in the file (empty OFF file)")
-    no, tokens = lines[0]
-    m = _OFF_HEADER.match(tokens[0])
-    if m is None:
-        raise AffError(path, f"not an OFF file: first word is {tokens[0][:20]!r}, expected "
-                       "'OFF'", record=f"line {no}")
-    if m.group(4) or m.group(5):
-        raise AffError(path, f"{m.group(0)} (a non-3D OFF variant) is not supported",
-                       record=f"line {no}")
-    # ModelNet's files fuse the counts onto the keyword ("OFF490 518 0")
-    rest = ([tokens[0][m.end():]] if len(tokens[0]) > m.end() else []) + tokens[1:]
-    if rest[:1] == ["BINARY"]:
-        raise AffError(path, "binary OFF is not supported; save it as text OFF or PLY",
-                       record=f"line {no}")
-    pos = 1
-    if not rest:  # counts on their own line
-        if len(lines) < 2:
-            raise AffError(path, "OFF header has no vertex/face counts", record=f"line {no}")
-        no, rest = lines[1]
-        pos = 2
-    if len(rest) < 2 or not all(t.isascii() and t.isdigit() for t in rest[:2]):
-        raise AffError(path, f"expected vertex and face counts, got {' '.join(rest)!r}",
-                       record=f"line {no}")
-    nv, nf = int(rest[0]), int(rest[1])
-    body = lines[pos:]
-    if len(body) < nv + nf:
-        last = body[-1][0] if body else no
-        raise AffError(path, f"file ends early: the header promises {nv} vertices and {nf} "
-                       f"faces, but only {len(body)} data lines follow", record=f"line {last}")
-    vertices, v_lines = _off_vertices(path, body[:nv])
-    polys, f_lines = _off_faces(path, body[nv:nv + nf])
-    tris = _triangulate(path, polys, nv, _line_record(f_lines))
-    return _Parsed("off", vertices, _line_record(v_lines), tris)
-
-
-def _off_vertices(path: Path, rows: list[tuple[int, list[str]]]
-                  ) -> tuple[np.ndarray, list[int]]:
-    verts = []
-    for no, tokens in rows:
-        if len(tokens) < 3:  # extra columns (colour, normal, texture) are allowed
-            raise AffError(path, "vertex line needs x y z", record=f"line {no}")
-        verts.append(_floats(path, tokens[:3], no, "vertex"))
-    return np.array(verts, np.float64).reshape(-1, 3), [no for no, _ in rows]
-
-
-def _off_faces(path: Path, rows: list[tuple[int, list[str]]]
-               ) -> tuple[list[list[int]], list[int]]:
-    polys = []
-    for no, tokens in rows:
-        try:
-            k = int(tokens[0])
-            if k < 0 or len(tokens) < k + 1:
-                raise ValueError
-            polys.append([int(t) for t in tokens[1:k + 1]])
-        except ValueError:
-            raise AffError(path, "face line should be 'k i1 .. ik' (k vertex indices, then "
-                           "optional colour)", record=f"line {no}") from None
-    return polys, [no for no, _ in rows]
-
-
-# ---------------------------------------------------------------------------------------------
-# STL
-
-_STL_FACET = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "<u2")])
-
-
-def _read_stl(path: Path, data: bytes) -> _Parsed:
-    n = int.from_bytes(data[80:84], "little") if len(data) >= 84 else -1
-    # Size first: binary files may also begin with "solid" in their free-form 80-byte header
-    # (a wrong-size one is still told apart by its NUL bytes, which text never holds).
-    if n >= 0 and len(data) == 84 + _STL_FACET.itemsize * n:
-        corners = np.frombuffer(data, _STL_FACET, n, 84)["v"].astype(np.float64)
-    elif data.lstrip()[:5].lower() == b"solid" and (n < 0 or b"\0" not in data):
-        corners = _stl_ascii(path, data)
-    elif n >= 0:
-        raise AffError(path, f"binary STL of the wrong size: its header says {n} triangles "
-                       f"({84 + _STL_FACET.itemsize * n} bytes), the file has {len(data)} "
-                       "bytes (truncated?)")
-    else:
-        raise AffError(path, f"not an STL file: {len(data)} bytes, too short for binary STL, "
-                       "and no 'solid' keyword for ASCII STL")
-    if not len(corners):
-        raise AffError(path, "no points in the file (STL without facets)")
-    vertices = corners.reshape(-1, 3)
-    tris = np.arange(len(vertices), dtype=np.int64).reshape(-1, 3)
-    return _Parsed("stl", vertices, lambda i: f"facet {i // 3}", tris)
-
-
-def _stl_ascii(path: Path, data: bytes) -> np.ndarray:
-    """Corners [F, 3, 3] of an ASCII STL; polygon loops of more than 3 corners are fanned."""
-    facets: list[list[list[float]]] = []
-    loop: list[list[float]] = []
-    loop_line = 0
-    for no, line in enumerate(_decode(path, data, "an STL").splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        key = tokens[0].lower()
-        if key == "vertex":
-            if len(tokens) != 4:
-                raise AffError(path, "expected 'vertex x y z'", record=f"line {no}")
-            loop_line = loop_line or no
-            loop.append(_floats(path, tokens[1:], no, "vertex"))
-        elif key in ("endloop", "endfacet") and loop:
-            if len(loop) < 3:
-                raise AffError(path, f"facet with {len(loop)} vertices; a facet needs 3",
-                               record=f"line {loop_line}")
-            facets.extend([loop[0], loop[j], loop[j + 1]] for j in range(1, len(loop) - 1))
-            loop, loop_line = [], 0
-    if loop:
-        raise AffError(path, "file ends inside a facet (truncated?)", record=f"line {loop_line}")
-    return np.array(facets, np.float64).reshape(-1, 3, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -900,33 +774,63 @@ _OUT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),
 
 
 def write_ply(path: str | Path, points: np.ndarray, scores: np.ndarray | None,
-              colors: np.ndarray | None = None, binary: bool = True) -> Path:
-    """Write a scored point cloud as PLY: x y z (float), red green blue (uchar) and score
-    (float) per vertex; colours default to the scores' heatmap. With `scores` None, a plain
+              colors: np.ndarray | None = None, binary: bool = True,
+              faces: np.ndarray | None = None, face_scores: np.ndarray | None = None) -> Path:
+    """Write a scored point cloud, or with `faces` (int [F, 3]) a scored mesh, as PLY: x y z
+    (float), red green blue (uchar) and score (float) per vertex; colours default to the
+    scores' heatmap; `face_scores` [F] adds a score per face. With `scores` None, a plain
     cloud: x y z alone. Atomic: readers never see a half-written file. Raises ValueError for
     inconsistent arrays (a caller's bug)."""
     table = _scored_table(points, scores, colors)
+    face_table = None if faces is None else _face_table(faces, face_scores, len(table))
     fmt = "binary_little_endian" if binary else "ascii"
     comment = "" if scores is None else "; score = affordance in [0, 1]"
+    face_header = [] if face_table is None else [
+        f"element face {len(face_table)}", "property list uchar int vertex_indices",
+        *(["property float score"] if face_scores is not None else [])]
     header = "\n".join([
         "ply", f"format {fmt} 1.0", f"comment written by affcli{comment}",
         f"element vertex {len(table)}",
         *(f"property {'float' if table.dtype[n].kind == 'f' else 'uchar'} {n}"
           for n in table.dtype.names or ()),
-        "end_header", "",
+        *face_header, "end_header", "",
     ]).encode("ascii")
     path = Path(path)
     with atomic_output(path, force=True) as tmp, open(tmp, "wb") as f:
         f.write(header)
-        if binary:
-            f.write(table.tobytes())
-        else:
-            cols = [table[n] for n in table.dtype.names or ()]
+        for t in (table, face_table):
+            if t is None:
+                continue
+            if binary:
+                f.write(t.tobytes())
+                continue
+            cols = [t[n].reshape(len(t), -1) for n in t.dtype.names or ()]
             # %.9g: enough digits for every float32 to read back bit-exact
-            row = " ".join("%.9g" if table.dtype[n].kind == "f" else "%d"
-                           for n in table.dtype.names or ())
-            np.savetxt(f, np.column_stack(cols), fmt=row)
+            row = " ".join(("%.9g" if t.dtype[n].kind == "f" else "%d")
+                           for n in t.dtype.names or () for _ in range(t[n].reshape(
+                               len(t), -1).shape[1]))
+            np.savetxt(f, np.hstack(cols) if cols else np.zeros((0, 0)), fmt=row)
     return path
+
+
+def _face_table(faces: np.ndarray, face_scores: np.ndarray | None, n_vertices: int
+                ) -> np.ndarray:
+    tri = np.asarray(faces)
+    if tri.ndim != 2 or tri.shape[1] != 3 or (len(tri) and (tri.min() < 0
+                                                           or tri.max() >= n_vertices)):
+        raise ValueError(f"faces must be [F, 3] indices below {n_vertices}")
+    fields = [("n", "u1"), ("vertex_indices", "<i4", (3,))]
+    if face_scores is not None:
+        fs = np.asarray(face_scores, np.float64)
+        if fs.shape != (len(tri),) or not np.isfinite(fs).all():
+            raise ValueError(f"face_scores must be finite, shape ({len(tri)},)")
+        fields.append(("score", "<f4"))
+    out = np.empty(len(tri), fields)
+    out["n"] = 3
+    out["vertex_indices"] = tri
+    if face_scores is not None:
+        out["score"] = fs
+    return out
 
 
 def _scored_table(points: np.ndarray, scores: np.ndarray | None, colors: np.ndarray | None

@@ -134,6 +134,15 @@ class PreparedShape:
     sample: np.ndarray  # float32 [n_points, 3], what the model sees
     kind: str = "points"
     is_mesh: bool = False
+    centre: np.ndarray | None = None  # the normalisation: (x - centre) / radius
+    radius: float = 1.0
+    vertices: np.ndarray | None = None  # meshes: float64 [V, 3], the file's own vertices
+    faces: np.ndarray | None = None  # meshes: int64 [F, 3]
+
+    def normalize(self, points: np.ndarray) -> np.ndarray:
+        """Other points of the same shape (a mesh's vertices) in the model's frame."""
+        assert self.centre is not None
+        return ((np.asarray(points, np.float64) - self.centre) / self.radius).astype(np.float32)
 
 
 def resample_indices(points: np.ndarray, n: int, seed: int = RESAMPLE_SEED) -> np.ndarray:
@@ -184,7 +193,7 @@ def prepare_points(points: np.ndarray, n_points: int, path: str | Path = "<array
         raise AffError(path, "coordinates cannot be normalised (too large or too close)")
     sample = normalize_points(sampled)
     normalized = ((pts - centre) / radius).astype(np.float32)
-    return PreparedShape(Path(path), pts, normalized, sample)
+    return PreparedShape(Path(path), pts, normalized, sample, centre=centre, radius=radius)
 
 
 def prepare_shape(path: str | Path, n_points: int, mesh_samples: int = 10000,
@@ -195,6 +204,7 @@ def prepare_shape(path: str | Path, n_points: int, mesh_samples: int = 10000,
     shape = read_shape(path, mesh_samples=mesh_samples, seed=seed)
     prep = prepare_points(shape.points, n_points, path, seed)
     prep.kind, prep.is_mesh = shape.kind, shape.is_mesh
+    prep.vertices, prep.faces = shape.vertices, shape.faces
     return prep
 
 
@@ -221,14 +231,16 @@ def interpolate_scores(sample: np.ndarray, scores: np.ndarray, points: np.ndarra
 
 @dataclass
 class ShapeResult:
-    """One shape's outcome: scores for every original point, or the error."""
+    """One shape's outcome: scores for every original point (a mesh's: every vertex), or the
+    error."""
 
     path: Path
-    points: np.ndarray | None = None  # float64 [M, 3]
+    points: np.ndarray | None = None  # float64 [M, 3]; a mesh's vertices
     scores: np.ndarray | None = None  # float32 [M] in [0, 1]
     error: AffError | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     name: str | None = None  # the path as the user gave it
+    faces: np.ndarray | None = None  # meshes: int64 [F, 3] into `points`
 
     @property
     def ok(self) -> bool:
@@ -242,6 +254,8 @@ class ShapeResult:
             return doc
         s = self.scores
         assert s is not None
+        if self.faces is not None:
+            doc.update(vertices=int(len(s)), faces=int(len(self.faces)))
         doc.update(points=int(len(s)), min=float(s.min()), mean=float(s.mean()),
                    max=float(s.max()), **{"fraction_above_0.5": float((s > 0.5).mean())},
                    outputs={k: str(v) for k, v in self.outputs.items()})
@@ -268,7 +282,11 @@ class OutputWriter:
     write, so a run where every shape fails leaves nothing behind."""
 
     def __init__(self, out_dir: str | Path | None = None, render: bool = False,
-                 root: str | Path = RUNS_ROOT, force: bool = False) -> None:
+                 root: str | Path = RUNS_ROOT, force: bool = False, mesh_format: str = "ply",
+                 face_scores: bool = False) -> None:
+        if mesh_format not in ("ply", "glb"):
+            raise AffError("--format", f"must be ply or glb, got {mesh_format!r}")
+        self.mesh_format, self.face_scores = mesh_format, face_scores
         self._given = None if out_dir is None else Path(out_dir)
         self._root = Path(root)
         self._dir: Path | None = None
@@ -294,17 +312,31 @@ class OutputWriter:
         return self._dir
 
     def write(self, stem: str, points: np.ndarray, scores: np.ndarray,
-              title: str | None = None) -> dict[str, Path]:
+              title: str | None = None, faces: np.ndarray | None = None,
+              view: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Path]:
+        """`points` and their `scores` (with `faces`: a mesh's vertices, written as a mesh);
+        `view`: (points, scores) to render instead (a mesh's surface samples)."""
         from affcli.data.pointio import write_ply
         from affcli.fileio import atomic_output
 
         folder = self._folder()
-        kinds = ("ply", "npy", "png") if self.render else ("ply", "npy")
+        shape_kind = "glb" if faces is not None and self.mesh_format == "glb" else "ply"
+        kinds = (shape_kind, "npy", "png") if self.render else (shape_kind, "npy")
         taken = [folder / f"{stem}.{k}" for k in kinds if (folder / f"{stem}.{k}").exists()]
         if taken and not self.force:
             # checked before writing any, so a shape's files are never half replaced
             raise AffError(taken[0], "output exists; pass --force to overwrite it")
-        files = {"ply": write_ply(folder / f"{stem}.ply", points, scores)}
+        if shape_kind == "glb":
+            from affcli.data.meshio import write_mesh_glb
+            from affcli.views import heatmap_colors
+
+            files = {"glb": write_mesh_glb(folder / f"{stem}.glb", points, faces,
+                                           heatmap_colors(scores))}
+        else:
+            face_scores = (np.asarray(scores, np.float64)[faces].mean(axis=1)
+                           if faces is not None and self.face_scores else None)
+            files = {"ply": write_ply(folder / f"{stem}.ply", points, scores, faces=faces,
+                                      face_scores=face_scores)}
         npy = folder / f"{stem}.npy"
         with atomic_output(npy, force=True) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(scores, np.float32))  # a handle: np.save adds .npy to names
@@ -312,7 +344,8 @@ class OutputWriter:
         if self.render:
             from affcli.views import render_views
 
-            files["png"] = render_views(points, scores, folder / f"{stem}.png", title)
+            shown = view if view is not None else (points, scores)
+            files["png"] = render_views(*shown, folder / f"{stem}.png", title)
         return files
 
 
@@ -422,12 +455,21 @@ class Predictor:
             heats = self.score_batch([prep.sample for _, prep in ready])
             for (i, prep), heat in zip(ready, heats, strict=True):
                 res = results[i]
-                res.points = prep.points
-                res.scores = interpolate_scores(prep.sample, heat, prep.normalized)
+                surface = interpolate_scores(prep.sample, heat, prep.normalized)
+                view = None
+                if prep.vertices is not None and prep.faces is not None:
+                    # a mesh's scores go to its own vertices; the picture shows its surface
+                    res.points, res.faces = prep.vertices, prep.faces
+                    res.scores = interpolate_scores(prep.sample, heat,
+                                                    prep.normalize(prep.vertices))
+                    view = (prep.points, surface)
+                else:
+                    res.points, res.scores = prep.points, surface
                 if writer is not None:
                     try:
-                        res.outputs = writer.write(chunk[i][1], prep.points, res.scores,
-                                                   f"{Path(chunk[i][0]).name} ({self.title()})")
+                        res.outputs = writer.write(chunk[i][1], res.points, res.scores,
+                                                   f"{Path(chunk[i][0]).name} ({self.title()})",
+                                                   faces=res.faces, view=view)
                     except AffError as exc:
                         res.error = exc
                     except OSError as exc:

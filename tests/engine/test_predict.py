@@ -76,18 +76,54 @@ def test_ply_and_obj_json_lines(run_cli, trained_run, tmp_path):
     big = ascii_ply(src / "ball.ply", sphere(700))  # more than the model's 512: FPS
     mesh = box_obj(src / "box.obj")  # a mesh: sampled on its surface
     code, out, err = run_cli("predict", big, mesh, "--model", trained_run, "--question",
-                             QUESTION, "--out", tmp_path / "o", "--json")
+                             QUESTION, "--out", tmp_path / "o", "--json", "--face-scores")
     assert code == 0, err
     docs = [json.loads(line) for line in out.splitlines()]
     assert [d["path"] for d in docs] == [str(big), str(mesh)]
-    expected = {"ball": 700, "box": len(read_shape(mesh).points)}
+    expected = {"ball": 700, "box": 8}  # a mesh comes back as its own 8 vertices
     for d, (stem, n) in zip(docs, expected.items(), strict=True):
         assert {"path", "points", "min", "mean", "max", "fraction_above_0.5", "outputs"} <= set(d)
         assert d["points"] == n and 0 <= d["min"] <= d["mean"] <= d["max"] <= 1
         assert set(d["outputs"]) == {"ply", "npy"}
-        scores = check_outputs(tmp_path / "o", stem, n)
+        scores = (check_outputs(tmp_path / "o", stem, n) if stem == "ball"
+                  else check_mesh_outputs(tmp_path / "o", stem, read_shape(mesh)))
         assert d["mean"] == pytest.approx(float(scores.mean()), abs=1e-6)
         assert d["fraction_above_0.5"] == pytest.approx(float((scores > 0.5).mean()))
+    assert "vertices" not in docs[0] and (docs[1]["vertices"], docs[1]["faces"]) == (8, 12)
+
+    # as a GLB with vertex colours; a point cloud stays a PLY
+    code, out, err = run_cli("predict", big, mesh, "--model", trained_run, "--question",
+                             QUESTION, "--out", tmp_path / "g", "--json", "--format", "glb")
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [set(d["outputs"]) for d in docs] == [{"ply", "npy"}, {"glb", "npy"}]
+    import trimesh
+
+    from affcli.views import heatmap_colors
+
+    glb = trimesh.load(tmp_path / "g" / "box.glb", force="mesh", process=False)
+    scores = np.load(tmp_path / "g" / "box.npy")
+    assert len(glb.vertices) == 8 and len(glb.faces) == 12
+    np.testing.assert_allclose(glb.vertices, read_shape(mesh).vertices, atol=1e-6)
+    np.testing.assert_array_equal(glb.visual.vertex_colors[:, :3], heatmap_colors(scores))
+
+
+def check_mesh_outputs(out: Path, stem: str, source) -> np.ndarray:
+    """The PLY of a mesh keeps its vertices and faces, with a score per vertex (and per
+    face: the mean of its vertices')."""
+    import trimesh
+
+    scores = np.load(out / f"{stem}.npy")
+    assert scores.shape == (len(source.vertices),) and (scores >= 0).all() and (scores <= 1).all()
+    back = read_shape(out / f"{stem}.ply")
+    assert back.is_mesh
+    np.testing.assert_allclose(back.vertices, source.vertices, atol=1e-6)
+    np.testing.assert_array_equal(back.faces, source.faces)
+    raw = trimesh.load(out / f"{stem}.ply", process=False).metadata["_ply_raw"]
+    np.testing.assert_allclose(np.ravel(raw["vertex"]["data"]["score"]), scores, atol=1e-7)
+    np.testing.assert_allclose(np.ravel(raw["face"]["data"]["score"]),
+                               scores[source.faces].mean(axis=1), atol=1e-6)
+    return scores
 
 
 def test_stdin_and_equal_stems(run_cli, trained_run, tmp_path, monkeypatch):
