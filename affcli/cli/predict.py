@@ -75,9 +75,24 @@ def with_input_options(func: Any) -> Any:
     for spec, users in input_options().values():
         example = f" E.g. {spec.example!r}." if spec.example else ""
         text = f"{', '.join(users)}: {spec.help}.{example}"
-        option = typer.Option(spec.option, help=text, show_default=False)
+        if spec.kind != "text":
+            option = typer.Option(spec.option, help=text, show_default=False)
+            added.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY,
+                                           default=None,
+                                           annotation=Annotated[str | None, option]))
+            continue
+        # texts: repeatable, or a file of them; every shape is scored under each
+        option = typer.Option(spec.option, help=text + " Repeat it to ask several at once "
+                              "(each shape is read and encoded once).", show_default=False,
+                              metavar="TEXT")
         added.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                       annotation=Annotated[str | None, option]))
+                                       annotation=Annotated[list[str] | None, option]))
+        from_file = typer.Option(f"{spec.option}s", metavar="FILE", show_default=False,
+                                 help=f"{', '.join(users)}: a file of {spec.option} values, "
+                                 "one a line (blank lines and # comments skipped).")
+        added.append(inspect.Parameter(f"{spec.name}s", inspect.Parameter.KEYWORD_ONLY,
+                                       default=None,
+                                       annotation=Annotated[Path | None, from_file]))
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= 1 else p
               for i, p in enumerate(params)]
     command.__signature__ = sig.replace(  # type: ignore[attr-defined]
@@ -143,9 +158,11 @@ def predict_cmd(
     from affcli.models.inputs import check_files, parse_box
 
     specs = {name: spec for name, (spec, _) in input_options().items()}
+    variants = _variants(specs, inputs)
     values = {name: parse_box(v, specs[name].option) if specs[name].kind == "box" else v
-              for name, v in inputs.items() if v is not None}
-    cond = P.Conditioning(**values)
+              for name, v in variants[0].items() if v is not None}
+    conds = [P.Conditioning(**{**values, **v}) for v in _text_values(specs, variants)]
+    cond = conds[0]
     rep = reporter(json_out, quiet)
     paths, unmatched = expand_shapes(shapes)
     if not paths and not unmatched:
@@ -159,10 +176,11 @@ def predict_cmd(
     source, picked = P.resolve_model(model, cond)
     if picked:
         rep.note(f"using the newest run {source} (pass --model to choose)")
-    pred = P.Predictor.load(source, cond, device, batch_size)
+    pred = P.Predictor.load(source, conds, device, batch_size)
     total = len(paths) + len(unmatched)
-    rep.note(f"predicting {total} shape{'s' if total != 1 else ''} with {pred.model_type} "
-             f"({pred.source}, {pred.n_points} points) on {pred.device}")
+    asked = f" x {len(conds)} {pred.title().split()[-1]}" if len(conds) > 1 else ""
+    rep.note(f"predicting {total} shape{'s' if total != 1 else ''}{asked} with "
+             f"{pred.model_type} ({pred.source}, {pred.n_points} points) on {pred.device}")
 
     results: list[P.ShapeResult] = [
         P.ShapeResult(Path(u), name=u, error=AffError(u, "no file matches this pattern"))
@@ -170,7 +188,8 @@ def predict_cmd(
     for res in results:
         _report(rep, res, json_out, many=total > 1)
     with rep.progress("predicting") as start:
-        advance = start(len(paths)) if len(paths) >= PROGRESS_FROM else (lambda n=1: None)
+        runs = len(paths) * len(conds)
+        advance = start(runs) if runs >= PROGRESS_FROM else (lambda n=1: None)
         for res in pred.run(paths, writer):
             results.append(res)
             _report(rep, res, json_out, many=total > 1)
@@ -182,8 +201,10 @@ def predict_cmd(
         from rich.markup import escape  # a table renders markup: "[x].ply" must stay as is
 
         # file names only: full paths would squeeze the figures out of a terminal's width
-        rows = [[escape(Path(r.name or r.path).name), len(r.scores), float(r.scores.min()),
-                 float(r.scores.mean()), float(r.scores.max()), float((r.scores > 0.5).mean())]
+        rows = [[escape(Path(r.name or r.path).name
+                        + (f" · {' '.join(r.condition.values())}" if r.condition else "")),
+                 len(r.scores), float(r.scores.min()), float(r.scores.mean()),
+                 float(r.scores.max()), float((r.scores > 0.5).mean())]
                 for r in done if r.scores is not None]
         rep.table(escape(pred.title()),
                   ["shape", "points", "min", "mean", "max", "> 0.5"], rows)
@@ -198,6 +219,49 @@ def predict_cmd(
         names = ", ".join(r.name or str(r.path) for r in failed[:3])
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
         raise AffError("predict", f"{len(failed)} of {total} shapes failed: {names}{more}")
+
+
+def _variants(specs: dict[str, Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The raw option values, one dict per conditioning: texts given several times (or in a
+    file) make one each; everything else is shared."""
+    from affcli.fileio import read_user_bytes
+
+    shared = {k: v for k, v in inputs.items()
+              if k in specs and specs[k].kind != "text" and v is not None}
+    texts: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        if spec.kind != "text":
+            continue
+        given = list(inputs.get(name) or [])
+        listed = inputs.get(f"{name}s")
+        if listed is not None:
+            raw = read_user_bytes(listed, f"file of {spec.option} values")
+            try:
+                lines = raw.decode("utf-8").splitlines()
+            except UnicodeDecodeError:
+                raise AffError(listed, "not UTF-8 text") from None
+            found = [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+            if not found:
+                raise AffError(listed, f"no {spec.option} values in the file")
+            given += found
+        if given:
+            texts[name] = given
+    several = [n for n, v in texts.items() if len(v) > 1]
+    if len(several) > 1:
+        named = " and ".join(specs[n].option for n in several)
+        raise AffError("predict", f"several values for {named}: give several for one text "
+                       "input only")
+    base = {**shared, **{n: v[0] for n, v in texts.items()}}
+    if not several:
+        return [base]
+    return [{**base, several[0]: text} for text in texts[several[0]]]
+
+
+def _text_values(specs: dict[str, Any], variants: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+    """Per conditioning, its text values (the shared ones are parsed once, by the caller)."""
+    return [{k: v for k, v in variant.items() if specs[k].kind == "text"}
+            for variant in variants]
 
 
 def _report(rep: Reporter, res: ShapeResult, json_out: bool, many: bool) -> None:

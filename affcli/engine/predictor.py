@@ -19,6 +19,7 @@ that made its file unusable.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -241,6 +242,7 @@ class ShapeResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     name: str | None = None  # the path as the user gave it
     faces: np.ndarray | None = None  # meshes: int64 [F, 3] into `points`
+    condition: dict[str, str] = field(default_factory=dict)  # the text that varied, if any
 
     @property
     def ok(self) -> bool:
@@ -248,7 +250,7 @@ class ShapeResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON line of `affcli predict --json`."""
-        doc: dict[str, Any] = {"path": self.name or str(self.path)}
+        doc: dict[str, Any] = {"path": self.name or str(self.path), **self.condition}
         if self.error is not None:
             doc["error"] = self.error.one_line()
             return doc
@@ -262,15 +264,31 @@ class ShapeResult:
         return doc
 
 
+def slug(text: str, limit: int = 40) -> str:
+    """A short file-name part for a question: 'Where would you grasp it?' ->
+    'where-would-you-grasp-it'."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    out = ""
+    for w in words:
+        if len(out) + len(w) + 1 > limit and out:
+            break
+        out = f"{out}-{w}" if out else w[:limit]
+    return out or "text"
+
+
 def unique_stems(paths: Sequence[str | Path]) -> list[str]:
     """Output names for `paths`: each file's stem, with -2, -3, ... for repeats, in order."""
+    return unique_names([Path(p).stem or "shape" for p in paths])
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """`names` in order, with -2, -3, ... added to repeats."""
     taken: set[str] = set()
     out = []
-    for p in paths:
-        stem = Path(p).stem or "shape"
-        name, k = stem, 2
+    for base in names:
+        name, k = base, 2
         while name in taken:
-            name, k = f"{stem}-{k}", k + 1
+            name, k = f"{base}-{k}", k + 1
         taken.add(name)
         out.append(name)
     return out
@@ -361,12 +379,19 @@ def check_batch_size(batch_size: int) -> None:
 class Predictor:
     """A loaded model and its conditioning; scores prepared shapes in batches."""
 
-    def __init__(self, model: torch.nn.Module, conditioning: Conditioning,
+    def __init__(self, model: torch.nn.Module, conditioning: Conditioning | Sequence[Conditioning],
                  device: str | torch.device = "cpu", batch_size: int = 8,
                  source: Path | None = None) -> None:
         check_batch_size(batch_size)
         self.model_type = str(model.config.model_type)
-        conditioning.check_for(type(model))
+        # several conditionings (questions) score every shape, encoded once, under each
+        self.conds = ([conditioning] if isinstance(conditioning, Conditioning)
+                      else list(conditioning))
+        if not self.conds:
+            raise AffError("predict", "no conditioning given")
+        for c in self.conds:
+            c.check_for(type(model))
+        conditioning = self.conds[0]
         extra = int(getattr(model.config, "extra_channels", 0) or 0)
         if extra:
             raise AffError(source, f"this model takes {extra} per-point channels besides xyz "
@@ -378,11 +403,16 @@ class Predictor:
         self.source = source
         self.n_points = int(model.config.n_points)
         # the conditioning of one sample, as the model's dataset items hold it
-        self.item = model.conditioning_item(conditioning.values)
+        self.items = [model.conditioning_item(c.values) for c in self.conds]
+        self.item = self.items[0]
+        # what tells the conditionings apart (input name -> text), for names and JSON
+        varying = [k for k in conditioning.values
+                   if len({str(c.values.get(k)) for c in self.conds}) > 1]
+        self.labels = [{k: str(c.values[k]) for k in varying} for c in self.conds]
 
     @classmethod
-    def load(cls, model: str | Path, conditioning: Conditioning, device: str = "auto",
-             batch_size: int = 8) -> Predictor:
+    def load(cls, model: str | Path, conditioning: Conditioning | Sequence[Conditioning],
+             device: str = "auto", batch_size: int = 8) -> Predictor:
         """From a run folder (best.pt), a checkpoint file or a pretrained directory.
         `device`: auto, cpu, cuda or cuda:N."""
         from affcli.engine.checkpoint import load_model
@@ -399,16 +429,20 @@ class Predictor:
 
     def title(self) -> str:
         """The model and its first text input, else its image's file name."""
+        if len(self.conds) > 1:
+            return f"{self.model_type}: {len(self.conds)} " + (
+                f"{next(iter(self.labels[0]))}s" if self.labels[0] else "conditionings")
         specs = [i for i in self.model.inputs if i.name in self.cond.values]
         text = next((str(self.cond.values[i.name]) for i in specs if i.kind == "text"),
                     next((Path(self.cond.values[i.name]).name for i in specs
                           if i.kind == "image"), ""))
         return f"{self.model_type}: {text}" if text else self.model_type
 
-    def batch(self, b: int) -> dict[str, Any]:
-        """The conditioning item repeated for `b` clouds (tensors expanded, not copied)."""
+    def batch(self, b: int, item: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A conditioning item (default: the first) repeated for `b` clouds (tensors
+        expanded, not copied)."""
         out: dict[str, Any] = {}
-        for key, value in self.item.items():
+        for key, value in (self.item if item is None else item).items():
             if isinstance(value, torch.Tensor):
                 out[key] = value.unsqueeze(0).expand(b, *value.shape).to(self.device)
             else:
@@ -417,15 +451,26 @@ class Predictor:
 
     @torch.no_grad()
     def score_batch(self, clouds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Heatmaps float32 [n_points] in [0, 1] of prepared clouds [n_points, 3]."""
+        """Heatmaps float32 [n_points] in [0, 1] of prepared clouds [n_points, 3] (the
+        first conditioning)."""
+        return [per[0] for per in self.score_variants(clouds)]
+
+    @torch.no_grad()
+    def score_variants(self, clouds: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Per cloud, its heatmap under each conditioning: the clouds are encoded once
+        (`encode_points`), each conditioning decodes them."""
         if not clouds:
             return []
         pts = torch.from_numpy(np.stack(clouds).astype(np.float32)).to(self.device)
-        out = self.model.forward_batch(self.batch(pts.shape[0]), pts)
-        heat = out.heatmap.float().cpu().numpy()
-        if not np.isfinite(heat).all():
-            raise RuntimeError("the model produced non-finite scores")
-        return [np.clip(h, 0.0, 1.0) for h in heat]
+        encoded = self.model.encode_points(pts)
+        heats = []
+        for item in self.items:
+            out = self.model.forward_encoded(self.batch(pts.shape[0], item), encoded)
+            heat = out.heatmap.float().cpu().numpy()
+            if not np.isfinite(heat).all():
+                raise RuntimeError("the model produced non-finite scores")
+            heats.append(np.clip(heat, 0.0, 1.0))
+        return [[h[i] for h in heats] for i in range(len(clouds))]
 
     def predict_points(self, points: np.ndarray) -> np.ndarray:
         """Scores float32 [M] for one cloud [M, 3] held in memory."""
@@ -436,45 +481,63 @@ class Predictor:
     def run(self, paths: Iterable[str | Path], writer: OutputWriter | None = None,
             stems: Sequence[str] | None = None, mesh_samples: int = 10000
             ) -> Iterator[ShapeResult]:
-        """Results in the order of `paths`, written by `writer` when given. A file that
-        cannot be read comes back with its error; the others go on."""
+        """Results in the order of `paths` (per path, one per conditioning), written by
+        `writer` when given. A file that cannot be read comes back with its error; the
+        others go on. Each shape is read, sampled and encoded once."""
         paths = list(paths)
         stems = list(stems) if stems is not None else unique_stems(paths)
+        # one conditioning: <stem>.*; several: <stem>-<slug of the question>.*
+        suffixes = [""] if len(self.conds) == 1 else unique_names(
+            ["-" + slug(" ".join(lab.values())) for lab in self.labels])
         for start in range(0, len(paths), self.batch_size):
             chunk = list(zip(paths[start:start + self.batch_size],
                              stems[start:start + self.batch_size], strict=True))
             ready: list[tuple[int, PreparedShape]] = []
-            results: list[ShapeResult] = []
+            failed: dict[int, AffError] = {}
             for i, (p, _) in enumerate(chunk):
-                res = ShapeResult(Path(p), name=str(p))
                 try:
                     ready.append((i, prepare_shape(p, self.n_points, mesh_samples)))
                 except AffError as exc:
-                    res.error = exc
-                results.append(res)
-            heats = self.score_batch([prep.sample for _, prep in ready])
-            for (i, prep), heat in zip(ready, heats, strict=True):
-                res = results[i]
-                surface = interpolate_scores(prep.sample, heat, prep.normalized)
-                view = None
-                if prep.vertices is not None and prep.faces is not None:
-                    # a mesh's scores go to its own vertices; the picture shows its surface
-                    res.points, res.faces = prep.vertices, prep.faces
-                    res.scores = interpolate_scores(prep.sample, heat,
-                                                    prep.normalize(prep.vertices))
-                    view = (prep.points, surface)
-                else:
-                    res.points, res.scores = prep.points, surface
-                if writer is not None:
-                    try:
-                        res.outputs = writer.write(chunk[i][1], res.points, res.scores,
-                                                   f"{Path(chunk[i][0]).name} ({self.title()})",
-                                                   faces=res.faces, view=view)
-                    except AffError as exc:
-                        res.error = exc
-                    except OSError as exc:
-                        res.error = AffError(writer.directory, f"cannot write the outputs of "
-                                             f"{chunk[i][0]} ({exc.strerror or exc})")
-                    except ValueError as exc:  # e.g. coordinates beyond float32's range
-                        res.error = AffError(chunk[i][0], f"cannot write a PLY of it ({exc})")
-            yield from results
+                    failed[i] = exc
+            heats = dict(zip((i for i, _ in ready),
+                             self.score_variants([prep.sample for _, prep in ready]),
+                             strict=True))
+            prepared = dict(ready)
+            for i, (p, stem) in enumerate(chunk):
+                for v, suffix in enumerate(suffixes):
+                    res = ShapeResult(Path(p), name=str(p), condition=self.labels[v])
+                    if i in failed:
+                        res.error = failed[i]
+                    else:
+                        self._finish(res, prepared[i], heats[i][v], writer, stem + suffix)
+                    yield res
+
+    def _finish(self, res: ShapeResult, prep: PreparedShape, heat: np.ndarray,
+                writer: OutputWriter | None, stem: str) -> None:
+        """Carry a heatmap back to the shape's own points (a mesh's: its vertices) and write
+        the outputs."""
+        surface = interpolate_scores(prep.sample, heat, prep.normalized)
+        view = None
+        if prep.vertices is not None and prep.faces is not None:
+            # a mesh's scores go to its own vertices; the picture shows its surface
+            res.points, res.faces = prep.vertices, prep.faces
+            res.scores = interpolate_scores(prep.sample, heat, prep.normalize(prep.vertices))
+            view = (prep.points, surface)
+        else:
+            res.points, res.scores = prep.points, surface
+        if writer is None:
+            return
+        label = " ".join(res.condition.values())
+        title = f"{res.path.name} ({self.model_type}: {label})" if label else \
+            f"{res.path.name} ({self.title()})"
+        try:
+            res.outputs = writer.write(stem, res.points, res.scores, title, faces=res.faces,
+                                       view=view)
+        except AffError as exc:
+            res.error = exc
+        except OSError as exc:
+            res.error = AffError(writer.directory, f"cannot write the outputs of "
+                                 f"{res.name} ({exc.strerror or exc})")
+        except ValueError as exc:  # e.g. coordinates beyond float32's range
+            res.error = AffError(res.name, f"cannot write a PLY of it ({exc})")
+

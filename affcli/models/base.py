@@ -38,6 +38,8 @@ class AffordanceModel(nn.Module):
     - `dataset_kinds`: the prepared-file kinds (`laso`, `piad`, `agpil`) it learns from;
     - `train_recipe`: its paper's optimisation settings (fields of engine.recipes.TrainConfig);
     - `forward_batch(batch, points)`: the forward on a collated batch (dataset or predict);
+    - `encode_points(points)` / `forward_encoded(batch, encoded)`: the same forward in two
+      halves, so predict encodes a shape once for several questions (default: no sharing);
     - `loss(output, target, batch)`: its training objective for one cloud per sample;
     - `min_batch_size`: the smallest training batch it can take (BatchNorm over the batch);
     - `fixed_point_count`: True when it only takes clouds of exactly `config.n_points`;
@@ -80,6 +82,17 @@ class AffordanceModel(nn.Module):
         """The forward on a collated batch of this model's dataset, with `points` [B, N, 3]
         (one cloud per sample: training items may carry several, see `training_loss`)."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward_batch")
+
+    def encode_points(self, points: torch.Tensor) -> Any:
+        """What of the forward depends on the clouds [B, N, 3] alone, computed once when the
+        same clouds are scored under several conditionings (`forward_encoded`). Default:
+        the clouds themselves (nothing shared)."""
+        return points
+
+    def forward_encoded(self, batch: dict[str, Any], encoded: Any) -> AffordanceOutput:
+        """`forward_batch` from `encode_points`'s result: equal to
+        `forward_batch(batch, points)` for the clouds it was computed from."""
+        return self.forward_batch(batch, encoded)
 
     def loss(self, output: AffordanceOutput, target: torch.Tensor, batch: dict[str, Any]
              ) -> torch.Tensor:

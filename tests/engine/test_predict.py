@@ -68,6 +68,40 @@ def test_real_piad_files_get_a_score_per_point(run_cli, trained_run, piad_demo, 
                                    read_shape(f).points, atol=1e-6)
         assert not (tmp_path / "o" / f"{f.stem}.png").exists()  # only with --render
 
+    # several questions at once: one output each, named by the question; the same heatmap
+    # as a call with that question alone (each shape is encoded once, decoded per question)
+    # (and a mesh as a GLB with vertex colours; the point clouds stay PLY)
+    listed = tmp_path / "questions.txt"
+    listed.write_text("# asked of every shape\n\nWhere would you sit on this?\n")
+    mesh = box_obj(tmp_path / "box.obj")
+    code, out, err = run_cli("predict", *files, mesh, "--model", trained_run, "--question",
+                             QUESTION, "--questions", listed, "--out", tmp_path / "q", "--json",
+                             "--format", "glb")
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [(Path(d["path"]).name, d["question"]) for d in docs] == [
+        (f.name, q) for f in [*files, mesh] for q in (QUESTION, "Where would you sit on this?")]
+    assert [set(d["outputs"]) for d in docs] == [{"ply", "npy"}] * 4 + [{"glb", "npy"}] * 2
+    import trimesh
+
+    from affcli.views import heatmap_colors
+
+    glb = trimesh.load(tmp_path / "q" / "box-where-would-you-sit-on-this.glb", force="mesh",
+                       process=False)
+    scores = np.load(tmp_path / "q" / "box-where-would-you-sit-on-this.npy")
+    assert len(glb.vertices) == 8 and len(glb.faces) == 12
+    np.testing.assert_allclose(glb.vertices, read_shape(mesh).vertices, atol=1e-6)
+    np.testing.assert_array_equal(glb.visual.vertex_colors[:, :3], heatmap_colors(scores))
+    for f in files:
+        alone = np.load(tmp_path / "o" / f"{f.stem}.npy")
+        asked = np.load(tmp_path / "q" / f"{f.stem}-where-would-you-grasp-this-object.npy")
+        np.testing.assert_allclose(asked, alone, atol=1e-6)
+        other = np.load(tmp_path / "q" / f"{f.stem}-where-would-you-sit-on-this.npy")
+        assert np.abs(other - alone).max() > 1e-4  # another question, another heatmap
+    listed.write_text("# nothing but a comment\n")
+    code, _, err = run_cli("predict", *files, "--model", trained_run, "--questions", listed)
+    assert code == 2 and "no --question values in the file" in err
+
 
 def test_ply_and_obj_json_lines(run_cli, trained_run, tmp_path):
     src = tmp_path / "in"
@@ -90,22 +124,6 @@ def test_ply_and_obj_json_lines(run_cli, trained_run, tmp_path):
         assert d["mean"] == pytest.approx(float(scores.mean()), abs=1e-6)
         assert d["fraction_above_0.5"] == pytest.approx(float((scores > 0.5).mean()))
     assert "vertices" not in docs[0] and (docs[1]["vertices"], docs[1]["faces"]) == (8, 12)
-
-    # as a GLB with vertex colours; a point cloud stays a PLY
-    code, out, err = run_cli("predict", big, mesh, "--model", trained_run, "--question",
-                             QUESTION, "--out", tmp_path / "g", "--json", "--format", "glb")
-    assert code == 0, err
-    docs = [json.loads(line) for line in out.splitlines()]
-    assert [set(d["outputs"]) for d in docs] == [{"ply", "npy"}, {"glb", "npy"}]
-    import trimesh
-
-    from affcli.views import heatmap_colors
-
-    glb = trimesh.load(tmp_path / "g" / "box.glb", force="mesh", process=False)
-    scores = np.load(tmp_path / "g" / "box.npy")
-    assert len(glb.vertices) == 8 and len(glb.faces) == 12
-    np.testing.assert_allclose(glb.vertices, read_shape(mesh).vertices, atol=1e-6)
-    np.testing.assert_array_equal(glb.visual.vertex_colors[:, :3], heatmap_colors(scores))
 
 
 def check_mesh_outputs(out: Path, stem: str, source) -> np.ndarray:

@@ -53,6 +53,16 @@ def test_forward_shape_range_and_masking(model: PointRefer) -> None:
     assert out.extras["logits"].shape == (2, N)
     # per-sample: padding and the other cloud of the batch do not change a sample's output
     torch.testing.assert_close(out.heatmap[1:], alone.heatmap, atol=1e-5, rtol=0)
+    # in two halves (predict: clouds encoded once, decoded per question), and with one
+    # question repeated (its text encoded once for the batch), the same function
+    with torch.no_grad():
+        encoded = model.encode_points(pts)
+        halves = model.forward_encoded({"question": QUESTIONS}, encoded)
+        same = model.forward_encoded({"question": QUESTIONS[:1] * 2}, encoded)
+        each = model(pts, QUESTIONS[:1] * 2)
+    torch.testing.assert_close(halves.heatmap, out.heatmap, atol=1e-6, rtol=0)
+    torch.testing.assert_close(same.heatmap, each.heatmap, atol=1e-6, rtol=0)
+    torch.testing.assert_close(same.heatmap[:1], out.heatmap[:1], atol=1e-5, rtol=0)
 
 
 def test_input_validation(model: PointRefer) -> None:

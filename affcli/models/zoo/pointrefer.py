@@ -175,10 +175,23 @@ class PointRefer(AffordanceModel):
         ids are left to the text model's default (all zeros, as the tokenizer gives for one
         sequence)."""
         frozen = self.config.freeze_text_encoder
+        repeats = None
+        if (not self.training and input_ids.shape[0] > 1 and not torch.jit.is_tracing()
+                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
+            # the same question for many clouds (predict, evaluation): encode it once
+            ids = torch.cat([input_ids, attention_mask], dim=1)
+            unique, repeats = torch.unique(ids, dim=0, return_inverse=True)
+            if len(unique) == len(ids):
+                repeats = None
+            else:
+                input_ids, attention_mask = unique.split(input_ids.shape[1], dim=1)
         with torch.no_grad() if frozen else contextlib.nullcontext():
             hidden = self.text_encoder(input_ids=input_ids,
                                        attention_mask=attention_mask).last_hidden_state
-        return self.text_resizer(hidden), attention_mask.bool()
+        tokens, valid = self.text_resizer(hidden), attention_mask.bool()
+        if repeats is not None:
+            tokens, valid = tokens[repeats], valid[repeats]
+        return tokens, valid
 
     def forward(self, points: torch.Tensor, questions: Sequence[str]) -> AffordanceOutput:
         if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
@@ -190,12 +203,25 @@ class PointRefer(AffordanceModel):
         text = self.tokenize(questions, points.device)
         return self.forward_tokens(points, text["input_ids"], text["attention_mask"])
 
+    def encode_points(self, points: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The point encoder's levels: the half of the forward no question enters."""
+        return self.point_encoder(points)
+
+    def forward_encoded(self, batch: dict[str, Any], encoded: Any) -> AffordanceOutput:
+        text = self.tokenize(batch["question"], encoded[0][0].device)
+        return self.decode(encoded, text["input_ids"], text["attention_mask"])
+
     def forward_tokens(self, points: torch.Tensor, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor) -> AffordanceOutput:
         """The forward from tokenised questions (`tokenize`): tensors only, so it traces and
         exports; `forward` is this after the tokenizer."""
+        return self.decode(self.point_encoder(points), input_ids, attention_mask)
+
+    def decode(self, levels: list[tuple[torch.Tensor, torch.Tensor]], input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> AffordanceOutput:
+        """Fusion, propagation and the referred-point decoder over the encoder's levels."""
         tokens, valid = self.encode_tokens(input_ids, attention_mask)
-        (xyz0, f0), (xyz1, f1), (xyz2, f2), (xyz3, f3) = self.point_encoder(points)
+        (xyz0, f0), (xyz1, f1), (xyz2, f2), (xyz3, f3) = levels
 
         f3 = self.fusion(tokens, f3)
         up = self.fp3(xyz2, xyz3, f2, f3)
