@@ -10,6 +10,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
@@ -60,6 +61,20 @@ def input_options() -> dict[str, tuple[Any, list[str]]]:
     return options
 
 
+def option_table() -> list[dict[str, Any]]:
+    """The declared inputs as plain rows (name, kind, help, example, option, users): from
+    the cache when the installed models have not changed, so the command builds without
+    importing them (see `affcli.cli.input_table`)."""
+    from affcli.cli.input_table import declared_inputs
+
+    def build() -> list[dict[str, Any]]:
+        return [{"name": spec.name, "kind": spec.kind, "help": spec.help,
+                 "example": spec.example, "option": spec.option, "users": users}
+                for spec, users in input_options().values()]
+
+    return declared_inputs(build)
+
+
 def with_input_options(func: Any) -> Any:
     """`func` with its `**inputs` replaced by one keyword option per declared input, so
     Typer builds (and documents) them like any other option."""
@@ -72,7 +87,8 @@ def with_input_options(func: Any) -> Any:
     params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
     tail = next(i for i, p in enumerate(params) if p.name == "out")
     added = []
-    for spec, users in input_options().values():
+    for row in option_table():
+        spec, users = SimpleNamespace(**row), row["users"]
         example = f" E.g. {spec.example!r}." if spec.example else ""
         text = f"{', '.join(users)}: {spec.help}.{example}"
         if spec.kind != "text":

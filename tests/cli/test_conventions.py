@@ -260,3 +260,25 @@ def test_synth_shapes_writes_loose_ply_files(tmp_path, run_cli):
     assert _tree_digest(tmp_path / "s") == _tree_digest(tmp_path / "t")  # same seed, same bytes
     code, _, err = run_cli("synth", "shapes", tmp_path / "u", "-k", "0")
     assert code == 2 and "at least 1" in err
+
+
+def test_predict_help_and_usage_errors_do_not_import_torch(tmp_path):
+    """predict's options come from the models' declarations; once cached, building the
+    command (its help, a usage error, the top-level help) imports no model and no torch."""
+    import os
+
+    env = {**os.environ, "AFFCLI_CACHE_DIR": str(tmp_path)}
+    probe = ("import sys; from affcli.cli import main; rc = main({args!r}); "
+             "print('torch' in sys.modules, rc)")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", probe.format(args=list(args))], env=env,
+                              capture_output=True, text=True, timeout=300)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run("predict", "--help") == "True 0"  # the first call builds the table
+    (cached,) = tmp_path.glob("predict-inputs-*.json")
+    assert {row["option"] for row in json.loads(cached.read_text())} >= {"--question", "--image"}
+    assert run("predict", "--help") == "False 0"
+    assert run("predict", "mug.ply", "--no-such-option") == "False 2"
+    assert run("--help") == "False 0"
