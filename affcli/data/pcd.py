@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from affcli.data.pointio import is_number
 from affcli.errors import AffError
 
 _KEYWORDS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT",
@@ -129,7 +130,7 @@ def _version(path: Path, lines: dict[str, tuple[int, list[str]]]) -> float | Non
     if "VERSION" not in lines:
         return None
     no, tokens = lines["VERSION"]
-    if len(tokens) != 1 or not _is_number(tokens[0]):
+    if len(tokens) != 1 or not is_number(tokens[0]):
         raise AffError(path, f"bad VERSION {' '.join(tokens)[:40]!r} (expected e.g. 0.7)",
                        record=f"line {no}")
     return float(tokens[0])
@@ -206,7 +207,7 @@ def _count_line(path: Path, lines: dict[str, tuple[int, list[str]]], key: str
 def _point_count(path: Path, lines: dict[str, tuple[int, list[str]]]) -> int:
     if "VIEWPOINT" in lines:
         no, tokens = lines["VIEWPOINT"]
-        if len(tokens) < 7 or not all(_is_number(t) for t in tokens[:7]):
+        if len(tokens) < 7 or not all(is_number(t) for t in tokens[:7]):
             raise AffError(path, "VIEWPOINT needs 7 numbers (tx ty tz qw qx qy qz)",
                            record=f"line {no}")
     width, _ = _count_line(path, lines, "WIDTH")
@@ -224,14 +225,6 @@ def _point_count(path: Path, lines: dict[str, tuple[int, list[str]]]) -> int:
         raise AffError(path, f"POINTS {points} disagrees with WIDTH x HEIGHT = {width} x "
                        f"{height} = {width * height}", record=f"line {points_no}")
     return width * height
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +366,7 @@ def _ascii_body(path: Path, data: bytes, header: _Header
         table = np.array(rows, np.float64).reshape(len(rows), width)
     except ValueError:
         for tokens, no in zip(rows, line_nos, strict=True):
-            bad = next((t for t in tokens if not _is_number(t)), None)
+            bad = next((t for t in tokens if not is_number(t)), None)
             if bad is not None:
                 raise AffError(path, f"not a number: {bad[:40]!r}", record=f"line {no}"
                                ) from None

@@ -260,7 +260,8 @@ def _decode(path: Path, data: bytes, what: str = "a text") -> str:
                        record=f"line {line}") from None
 
 
-def _is_number(token: str) -> bool:
+def is_number(token: str) -> bool:
+    """Whether a text token parses as a float (also nan, inf)."""
     try:
         float(token)
     except ValueError:
@@ -301,8 +302,8 @@ def _is_piad_line(tokens: list[str]) -> bool:
     numbers is the class and is never numeric, while a hex shape id might parse as a float.
     """
     n = 3 + PIAD_SCORES
-    return (len(tokens) in (n + 1, n + 2) and not _is_number(tokens[-n - 1])
-            and all(_is_number(t) for t in tokens[-n:]))
+    return (len(tokens) in (n + 1, n + 2) and not is_number(tokens[-n - 1])
+            and all(is_number(t) for t in tokens[-n:]))
 
 
 def _read_xyz(path: Path, lines: list[str]) -> _Parsed:
@@ -314,7 +315,7 @@ def _read_xyz(path: Path, lines: list[str]) -> _Parsed:
         if not s or s.startswith("#"):
             continue
         tokens = [t for t in _SEPARATORS.split(s) if t]
-        if header_allowed and len(tokens) >= 3 and not any(_is_number(t) for t in tokens[:3]):
+        if header_allowed and len(tokens) >= 3 and not any(is_number(t) for t in tokens[:3]):
             header_allowed = False  # a column-name line such as "x,y,z" (CSV exports)
             continue
         header_allowed = False
