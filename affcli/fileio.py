@@ -97,6 +97,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def same_file(a: str | os.PathLike[str] | None, b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file (False when either cannot be resolved)."""
+    try:
+        return a is not None and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 def write_json(path: str | os.PathLike[str], doc: Any) -> Path:
     """`doc` as indented JSON (NaN as null), atomically."""
     with atomic_output(path) as tmp:

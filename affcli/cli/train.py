@@ -263,8 +263,11 @@ def eval_cmd(
     from affcli.engine.evaluator import constant_baseline, predict, score
     from affcli.engine.evaluator import save_predictions as save
     from affcli.engine.trainer import check_data, selection_split
+    from affcli.fileio import same_file
 
     rep = reporter(json_out, quiet)
+    if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
+        raise AffError(plots_dir, "--plots-dir must be a folder, this is a file")
     model, doc, source = load_model(path)
     model_type = model.config.model_type
     if data is None:
@@ -290,7 +293,7 @@ def eval_cmd(
     rep.note(f"evaluating {model_type} ({source}) on {data} {split} ({len(dataset)} samples"
              f"{votes_label(votes)})")
     selected_on = selection_split(trained, info.splits)
-    if trained and selected_on == split and _same_file(trained.get("data"), data):
+    if trained and selected_on == split and same_file(trained.get("data"), data):
         rep.warn(f"this checkpoint was chosen on the {split} split it is scored on: the "
                  "figures are optimistic")
     if corrupt is not None:
@@ -340,13 +343,6 @@ def _eval_plots(rep: Reporter, plots_dir: Path | None, source: Path,
     paths = write_eval_plots(plots_dir, pred, dataset, result, base, title)
     rep.note(f"plots: {len(paths)} pictures in {plots_dir} ({time.perf_counter() - t0:.1f} s)")
     return str(plots_dir)
-
-
-def _same_file(a: str | Path | None, b: Path) -> bool:
-    try:
-        return a is not None and Path(a).resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 def _eval_corrupted(rep: Reporter, model: Any, dataset: Any, spec: str, batch_size: int,

@@ -28,7 +28,7 @@ import numpy as np
 
 from affcli import metrics
 from affcli.errors import AffError
-from affcli.fileio import atomic_output, write_json
+from affcli.fileio import atomic_output, same_file, write_json
 
 DATA_NAME, ARRAYS_NAME = "eval.json", "gallery.npz"
 RANKS = ("best", "median", "worst")
@@ -41,12 +41,7 @@ DPI = 100
 def plots_dir(run_dir: Path, split: str, data: Path, trained_on: str | None) -> Path:
     """RUN/plots/<split>, or <split>-<data file stem> for a file the run did not train on
     (so another file's pictures never replace the run's own)."""
-    same = False
-    if trained_on:
-        try:
-            same = Path(trained_on).resolve() == Path(data).resolve()
-        except OSError:
-            same = False
+    same = same_file(trained_on, data) if trained_on else False
     return run_dir / "plots" / (split if same else f"{split}-{Path(data).stem}")
 
 
@@ -108,7 +103,9 @@ def _collect(pred: Any, dataset: Any, result: dict[str, Any],
 def _mean_curve(curves: np.ndarray) -> list[float]:
     with warnings.catch_warnings():  # a class without any positive sample: all NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(curves, axis=0).tolist() if len(curves) else [math.nan] * 20
+        if not len(curves):
+            return [math.nan] * metrics.IOU_THRESHOLDS
+        return np.nanmean(curves, axis=0).tolist()
 
 
 def _gallery_arrays(pred: Any, dataset: Any, rows: list[int]) -> dict[str, np.ndarray]:

@@ -59,7 +59,7 @@ def _the_final_test_has_its_pictures(run):
     for aff in scored:
         ranked = [g["metrics"]["aiou"] for g in doc["gallery"] if g["affordance"] == aff]
         assert ranked == sorted(ranked, reverse=True) and 1 <= len(ranked) <= 3
-        assert all(g["text"] for g in doc["gallery"])  # the question is in the caption
+    assert all(g["text"] for g in doc["gallery"])  # the question is in the caption
     with np.load(plots / "gallery.npz") as arrays:
         assert arrays["points"].shape == (len(doc["gallery"]), 512, 3)
 
