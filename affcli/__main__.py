@@ -1,6 +1,6 @@
 """`python -m affcli` (also what torchrun launches)."""
 
-from affcli.cli import main
+from affcli.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

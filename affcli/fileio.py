@@ -41,9 +41,10 @@ def atomic_output(out: str | os.PathLike[str], force: bool = True) -> Iterator[P
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield tmp
+        # after the writer: some (safetensors) replace the file with one of mode 0600
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,7 +10,8 @@ import typer
 from affcli.cli.common import BatchSizeOpt, JsonOpt, QuietOpt, reporter
 from affcli.errors import AffError
 
-bench_app = typer.Typer(help="Benchmarks: loader, ops, metrics, train (JSON with --json).",
+bench_app = typer.Typer(help="Benchmarks: loader, ops, metrics, train, predict (JSON with "
+                        "--json).",
                         no_args_is_help=True)
 
 
@@ -142,3 +144,57 @@ def train_cmd(
               [(r["model"], r["dataset"], r["batch_size"], r["clouds_per_sample"], r["points"],
                 f"{r['step_s']:.2f}", f"{r['samples_per_s']:.2f}") for r in rows])
     rep.result({"benchmark": "train", "rows": rows})
+
+
+@bench_app.command("predict")
+def predict_cmd(
+    model: Annotated[Path, typer.Option(
+        help="Run folder, checkpoint or pretrained directory to time (e.g. the demo's "
+        "runs/demo/pointrefer).")],
+    shapes: Annotated[int, typer.Option(
+        help="Shapes in the many-shapes call (>= 2).")] = 100,
+    repeats: Annotated[int, typer.Option(help="Runs per figure (median, >= 1).")] = 5,
+    batch_size: BatchSizeOpt = 8,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Start-up and per-shape time of `affcli predict`, each in a fresh process as a shell
+    loop runs it, against `import torch` and the model's own batched forward."""
+    from affcli.bench.startup import bench_predict
+    from affcli.engine.checkpoint import load_model
+
+    if shapes < 2:
+        raise AffError("--shapes", f"must be at least 2, got {shapes}")
+    if repeats < 1:
+        raise AffError("--repeats", f"must be at least 1, got {repeats}")
+    rep = reporter(json_out, quiet)
+    net, _, source = load_model(model)  # a bad --model exits 2 here, before any timing
+    model_type = net.config.model_type
+    del net
+    doc = bench_predict(model, model_type, shapes, repeats, batch_size, announce=rep.note)
+    sec, floor = doc["seconds"], doc["seconds"]["import_torch"]
+    ok = doc["targets"]
+    rows = [
+        ("python -c 'import torch'", f"{floor:.2f}", "", ""),
+        ("affcli predict --help", f"{sec['predict_help']:.2f}", "<= 0.5 s",
+         _verdict(sec["predict_help"] <= 0.5)),
+        ("affcli predict --no-such-option", f"{sec['bad_option']:.2f}", "<= 0.5 s",
+         _verdict(sec["bad_option"] <= 0.5)),
+        ("one mesh (STL), start to exit", f"{sec['one_mesh']:.2f}",
+         f"<= {floor + 1.5:.2f} s", _verdict(sec["one_mesh"] - floor <= 1.5)),
+        ("one cloud (PLY), start to exit", f"{sec['one_cloud']:.2f}",
+         f"<= {floor + 1.5:.2f} s", _verdict(sec["one_cloud"] - floor <= 1.5)),
+        (f"{doc['shapes']} meshes in one call", f"{doc['many_shapes_s']:.2f}", "", ""),
+        ("  per shape after the first", f"{doc['per_shape_s']:.3f}",
+         f"<= {1.3 * doc['forward_per_shape_s']:.3f} s",
+         _verdict(ok["per_shape_within_1.3x_forward"])),
+        (f"  model's batched forward per shape (batch {batch_size})",
+         f"{doc['forward_per_shape_s']:.3f}", "", ""),
+    ]
+    rep.table(f"affcli predict with {model_type} ({source}): seconds, median of {repeats}",
+              ["what", "seconds", "target", ""], rows)
+    rep.result(doc)
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"

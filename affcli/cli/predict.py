@@ -170,10 +170,15 @@ def predict_cmd(
 ) -> None:
     """Score every point of your own shape files: a heatmap PLY and the scores per shape."""
     # the conditioning options are the inputs of the installed models (`with_input_options`)
+    from affcli.cli import allow_fast_exit
     from affcli.engine import predictor as P
+
+    allow_fast_exit()  # every output is written to a temporary file and renamed
     from affcli.models.inputs import check_files, parse_box
 
-    specs = {name: spec for name, (spec, _) in input_options().items()}
+    # the declared inputs from the cached table: importing every model (torchvision comes
+    # with the image models) would cost more than loading the one model used
+    specs = {row["name"]: SimpleNamespace(**row) for row in option_table()}
     variants = _variants(specs, inputs)
     values = {name: parse_box(v, specs[name].option) if specs[name].kind == "box" else v
               for name, v in variants[0].items() if v is not None}

@@ -87,15 +87,15 @@ class Conditioning:
 
 def find_latest_run(model_types: Sequence[str], root: str | Path = RUNS_ROOT) -> Path:
     """The run folder under `root/<model_type>/`, over the given types, whose best.pt (else
-    last.pt) is newest."""
+    best.safetensors, else last.pt) is newest."""
     from affcli import models
-    from affcli.engine.checkpoint import BEST, LAST
+    from affcli.engine.checkpoint import BEST, INFERENCE, LAST
 
     found: list[tuple[float, str, Path]] = []
     for model_type in model_types:
         base = Path(root) / model_type
         for run in base.glob("*/") if base.is_dir() else ():
-            for name in (BEST, LAST):
+            for name in (BEST, INFERENCE, LAST):
                 ckpt = run / name
                 if ckpt.is_file():
                     found.append((ckpt.stat().st_mtime, run.name, run))

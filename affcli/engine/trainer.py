@@ -281,6 +281,9 @@ class Trainer:
             ckpt.save(self.run_dir / names[0], payload)
             for name in names[1:]:  # the same bytes: a hard link, swapped in atomically
                 ckpt.link_copy(self.run_dir / names[0], self.run_dir / name)
+            if ckpt.BEST in names:
+                ckpt.save_inference(self.run_dir / ckpt.INFERENCE, payload,
+                                    self.run_dir / ckpt.BEST)
         D.barrier(self.proc)
 
     # ------------------------------------------------------------------ the loop

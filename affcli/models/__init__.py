@@ -29,7 +29,13 @@ from typing import Any
 import torch
 
 from affcli.errors import AffError
-from affcli.models.config import ModelConfig, load_state, load_weights, read_config
+from affcli.models.config import (
+    ModelConfig,
+    load_state,
+    load_weights,
+    read_config,
+    weights_to_be_loaded,
+)
 
 ENTRY_POINT_GROUP = "affcli.models"
 ZOO = "affcli.models.zoo"
@@ -157,8 +163,10 @@ def from_pretrained(directory: str | Path, **overrides: Any) -> torch.nn.Module:
     reg = _entry(model_type)
     config = reg.config_class.from_dict({**fields, **overrides},
                                         source=Path(directory) / "config.json")
-    model = reg.model_class(config)
-    load_state(model, load_weights(directory), Path(directory) / "model.safetensors")
+    with weights_to_be_loaded():
+        model = reg.model_class(config)
+    load_state(model, load_weights(directory), Path(directory) / "model.safetensors",
+               assign=True)
     return model
 
 

@@ -37,16 +37,31 @@ def resolve_text_model(name_or_path: str | None) -> str:
     return str(name_or_path)
 
 
-def load_text_model(name_or_path: str | None) -> tuple[nn.Module, Any]:
-    """(AutoModel, AutoTokenizer) for a local directory or an already cached hub name."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def load_text_model(name_or_path: str | None, native: bool = False) -> tuple[nn.Module, Any]:
+    """(text encoder, tokenizer) for a local directory or an already cached hub name, through
+    `transformers.AutoModel` / `AutoTokenizer`.
 
+    `native`: a BERT / RoBERTa directory with a `tokenizer.json` (the packaged MiniLM,
+    roberta-base) loads into affcli's own copy of the network instead
+    (`affcli.nn.text_encoder`: the same function and parameter names, without the 2.5 s
+    import of `transformers`' modelling code), for callers that only run the encoder and
+    tokenise to a fixed length (PointRefer); anything else still through `transformers`."""
     source = resolve_text_model(name_or_path)
     local = Path(source).is_dir()
     if not local and Path(source).exists():
         raise AffError(source, "is a file; a text model is a directory (config.json, weights, "
                        "tokenizer files) or a cached Hugging Face name")
+    if local and native:
+        from affcli.models.config import weights_pending
+        from affcli.nn.text_encoder import load_local_encoder
+
+        # a model being built for a checkpoint gets the trained weights from there
+        own = load_local_encoder(source, pretrained=not weights_pending())
+        if own is not None:
+            return own
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # no progress bars or download hints on our terminal
@@ -102,12 +117,18 @@ class ImageEncoder(nn.Module):
 
 
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(name_or_path: str | None) -> Any:
+def load_tokenizer(name_or_path: str | None, native: bool = False) -> Any:
     """The tokenizer alone of a text model (offline, as `load_text_model` loads it): enough to
     prepare the text inputs of an exported graph without loading any weights."""
+    source = resolve_text_model(name_or_path)
+    if native and Path(source).is_dir():
+        from affcli.nn.text_encoder import local_tokenizer
+
+        own = local_tokenizer(source)
+        if own is not None:
+            return own
     from transformers import AutoTokenizer
 
-    source = resolve_text_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except OSError as exc:

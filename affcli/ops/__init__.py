@@ -19,6 +19,7 @@ Semantics (identical in every backend; `tests/ops/oracle.py` spells them out):
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 
 import torch
@@ -45,7 +46,10 @@ _BACKENDS = ("triton", "cpu", "torch")
 def exporting() -> bool:
     """True while torch records a graph (jit trace / script, ONNX export, torch.export,
     torch.compile): the ops then take the portable path and the modules their plain one."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    # torch.onnx loads on first use (0.1 s): when nothing imported it, no export is running
+    onnx = sys.modules.get("torch.onnx")
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or (
+            onnx is not None and onnx.is_in_onnx_export()):
         return True
     compiler = torch.compiler
     return compiler.is_compiling() or compiler.is_exporting()

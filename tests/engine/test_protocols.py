@@ -71,14 +71,15 @@ def test_votes_average_seeded_passes_from_random_fps_starts(run_cli, trained_run
     expected = np.concatenate(rows)
     np.testing.assert_allclose(voted, expected, atol=1e-6, rtol=0)
 
-    # one pass from start 0 is another prediction: the votes did draw their starts
+    # one pass from start 0 is another prediction: the votes did draw their starts (how far
+    # apart depends on the briefly trained weights; float noise alone stays below 1e-6)
     one = tmp_path / "one.h5"
     code, out, err = run_cli("eval", trained_run, "--split", "val", "--votes", "1",
                              "--save-predictions", one, "--json", "--no-plots")
     assert code == 0, err
     assert json.loads(out)["votes"] == 1
     with h5py.File(one) as f:
-        assert np.abs(f["heatmap"][()] - voted).max() > 1e-3
+        assert np.abs(f["heatmap"][()] - voted).max() > 1e-4
 
 
 def test_voting_leaves_the_global_rng_alone(trained_run, prepared):

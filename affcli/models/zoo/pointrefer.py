@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from affcli import ops
 from affcli.models import register
 from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model, load_tokenizer
 from affcli.models.base import AffordanceModel, AffordanceOutput
@@ -111,7 +112,7 @@ class PointRefer(AffordanceModel):
             # the fusion block adds text tokens to point features and the decoder's memory is
             # fp1's 512-channel output, so the reference only works with emb_dim = 512
             raise ValueError(f"PointRefer needs emb_dim == {POINT_DIM}, got {cfg.emb_dim}")
-        self.text_encoder, self.tokenizer = load_text_model(cfg.text_encoder)
+        self.text_encoder, self.tokenizer = load_text_model(cfg.text_encoder, native=True)
         if cfg.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
         hidden = self.text_encoder.config.hidden_size
@@ -163,7 +164,8 @@ class PointRefer(AffordanceModel):
     @classmethod
     def tokenize_texts(cls, config: PointReferConfig, texts: Sequence[str]
                        ) -> dict[str, torch.Tensor]:
-        return tokenize_questions(load_tokenizer(config.text_encoder), texts, config.text_tokens)
+        return tokenize_questions(load_tokenizer(config.text_encoder, native=True), texts,
+                                  config.text_tokens)
 
     def graph_forward(self, points: torch.Tensor, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor) -> torch.Tensor:
@@ -176,8 +178,7 @@ class PointRefer(AffordanceModel):
         sequence)."""
         frozen = self.config.freeze_text_encoder
         repeats = None
-        if (not self.training and input_ids.shape[0] > 1 and not torch.jit.is_tracing()
-                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
+        if not self.training and input_ids.shape[0] > 1 and not ops.exporting():
             # the same question for many clouds (predict, evaluation): encode it once
             ids = torch.cat([input_ids, attention_mask], dim=1)
             unique, repeats = torch.unique(ids, dim=0, return_inverse=True)
