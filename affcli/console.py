@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -152,9 +153,14 @@ class TrainDisplay:
     """Training progress: a live Rich bar (loss, samples/s, ETA) on a terminal, plain log
     lines otherwise; one summary line per epoch. Its methods are the trainer's hooks."""
 
+    # a log (not a terminal) gets a batch line at most this often: a 50-epoch nohup log
+    # stays readable and grep-able; the epoch lines all come
+    LOG_INTERVAL_S = 5.0
+
     def __init__(self, rep: Reporter, epochs: int) -> None:
         self.rep, self.epochs = rep, epochs
         self.live = not rep.quiet and not rep.json_mode and rep.err.is_terminal
+        self.last_line = time.monotonic()
         self.bar: Progress | None = None
         self.task: Any = None
         self.every = 1
@@ -181,7 +187,9 @@ class TrainDisplay:
              speed: float) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", speed=f"{speed:.1f}")
-        elif not self.rep.quiet and (step % self.every == 0 or step == total):
+        elif (not self.rep.quiet and step % self.every == 0 and step < total
+              and time.monotonic() - self.last_line >= self.LOG_INTERVAL_S):
+            self.last_line = time.monotonic()
             self.rep.note(f"epoch {epoch + 1}/{self.epochs} batch {step}/{total} loss "
                           f"{loss:.4f} lr {lr:.2e} {speed:.1f} samples/s")
 
@@ -189,6 +197,7 @@ class TrainDisplay:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+        self.last_line = time.monotonic()
         val = record.get("val") or {}
         figures = " ".join(f"{k} {_cell(_pct(val[k]) if k in ('aiou', 'auc') else val[k])}"
                            for k in ("aiou", "auc", "sim", "mae") if k in val)

@@ -6,6 +6,7 @@ the numbered output folders (runs/.../<prefix>-N) and the reading of users' file
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -25,12 +26,64 @@ def current_umask() -> int:
     return mask
 
 
+class DiskFullError(AffError):
+    """A write failed for want of space (ENOSPC, a quota, a file size limit): exit 1, the
+    previous file intact, no temporary file left."""
+
+    exit_code = 1
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _full_disk_cause(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError behind `exc`, if any (torch's writer wraps the OSError of the
+    Python file it writes to in a RuntimeError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _free_space(folder: Path) -> str:
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    size, unit = float(free), 0
+    while size >= 1024 and unit < len(units) - 1:
+        size, unit = size / 1024, unit + 1
+    return f"{size:.1f} {units[unit]} free there"
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems cannot sync a directory; a file must sync
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_output(out: str | os.PathLike[str], force: bool = True) -> Iterator[Path]:
+def atomic_output(out: str | os.PathLike[str], force: bool = True, durable: bool = False
+                  ) -> Iterator[Path]:
     """Yields a temporary path beside `out`; renamed onto `out` only if the block succeeds.
 
     A failure (or Ctrl-C) leaves no partial file behind, and an existing output is untouched.
-    With `force` False an existing `out` is an error (exit 2) rather than replaced.
+    With `force` False an existing `out` is an error (exit 2) rather than replaced. A write
+    that runs out of space is a DiskFullError naming `out` and the free space. `durable`:
+    the file is synced to the disk before the rename and the folder after it, so a power cut
+    or kill leaves the old file or the whole new one (checkpoints).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -45,9 +98,18 @@ def atomic_output(out: str | os.PathLike[str], force: bool = True) -> Iterator[P
         yield tmp
         # after the writer: some (safetensors) replace the file with one of mode 0600
         os.chmod(tmp, 0o666 & ~current_umask())
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, out)
-    except BaseException:
+        if durable:
+            _fsync(out.parent, directory=True)
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        full = _full_disk_cause(exc)
+        if full is not None:
+            raise DiskFullError(out, f"cannot write: {os.strerror(full.errno)} "
+                                f"({_free_space(out.parent)}); the previous file, if any, "
+                                "is unchanged") from None
         raise
 
 

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # torch-free at import: `affcli --version` must stay cheap
     from affcli.engine.trainer import Trainer
 
 # options a resumed run may change; everything else comes from the run's own config
-RESUMABLE = ("epochs", "workers", "device", "plots", "tensorboard")
+RESUMABLE = ("epochs", "workers", "device", "plots", "tensorboard", "checkpoint_every",
+             "skip_nonfinite")
 
 
 def register(app: typer.Typer) -> None:
@@ -70,6 +71,12 @@ def train_cmd(
     tensorboard: Annotated[bool | None, typer.Option(
         "--tensorboard/--no-tensorboard", help="Log losses, lr, metrics and the gallery to "
         "RUN/tb/ when the tensorboard package is installed (default: on).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        metavar="STEPS", help="Also save last.pt every this many steps within an epoch (long "
+        "epochs on clusters; 0 = at the end of each epoch only).")] = None,
+    skip_nonfinite: Annotated[int | None, typer.Option(
+        metavar="K", help="Skip up to K steps whose loss or gradient is NaN/inf (counted in "
+        "metrics.jsonl) instead of stopping at the first (exit 1).")] = None,
     config: Annotated[Path | None, typer.Option(
         help="YAML file of options (any of these, underscores or dashes).")] = None,
     set_: Annotated[list[str] | None, typer.Option(
@@ -96,7 +103,8 @@ def train_cmd(
              "amp": amp, "seed": seed, "workers": workers, "max_batches": max_batches,
              "max_val_batches": max_val_batches, "val_from_train": val_from_train,
              "select_by": select_by, "votes": votes, "plots": plots,
-             "tensorboard": tensorboard,
+             "tensorboard": tensorboard, "checkpoint_every": checkpoint_every,
+             "skip_nonfinite": skip_nonfinite,
              "out": str(out) if out else None}
     if set_:
         from affcli.cli.import_checkpoint import parse_overrides
@@ -148,7 +156,7 @@ def _run(cfg: TrainConfig, resume: Path | None, rep: Reporter) -> None:
         except Interrupted as exc:
             if proc.main:
                 rep.note(f"saved {exc.run_dir / 'last.pt'}; {exc}")
-            raise typer.Exit(130) from None
+            raise typer.Exit(exc.exit_code) from None
         if proc.main:
             _report(rep, cfg, trainer, summary)
     finally:

@@ -110,26 +110,41 @@ def _chunked(f: h5py.Group, name: str, data: np.ndarray, row_chunk: tuple[int, .
 
 
 def write_prepared(prep: Prepared, out: Path, force: bool = False) -> None:
-    """Write `prep` to `out` atomically (temp file, then rename)."""
-    with atomic_output(out, force) as tmp, h5py.File(tmp, "w", track_order=False) as f:
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["dataset"] = prep.dataset
-        f.attrs["setting"] = prep.setting
-        f.attrs["view"] = prep.view
-        f.attrs["num_points"] = prep.num_points
-        f.attrs["object_names"] = json.dumps(prep.object_names)
-        f.attrs["affordance_names"] = json.dumps(prep.affordance_names)
-        f.attrs["affcli_version"] = __version__
-        f.attrs["source_root"] = str(prep.manifest.root)
-        man = f.create_group("manifest")
-        paths = sorted(prep.manifest.entries)
-        man.create_dataset("path", data=np.array(paths, dtype=object), dtype=_STR)
-        man.create_dataset("size", data=np.array([prep.manifest.entries[p][0] for p in paths],
-                                                 dtype=np.int64))
-        man.create_dataset("sha256", data=np.array([prep.manifest.entries[p][1] for p in paths],
-                                                   dtype=object), dtype=_STR)
-        for split, data in prep.splits.items():
-            _write_split(f.create_group(split), data, prep.num_points)
+    """Write `prep` to `out` atomically (temp file, then rename).
+
+    The file is built in memory (HDF5's core driver) and written out in one plain write: a
+    disk that fills up then fails that write cleanly (one error naming `out`), where HDF5
+    writing to the disk itself reports every later flush as a traceback and can crash."""
+    with atomic_output(out, force) as tmp:
+        tmp.write_bytes(_file_image(prep, tmp.name))
+
+
+def _file_image(prep: Prepared, name: str) -> bytes:
+    with h5py.File(name, "w", driver="core", backing_store=False, track_order=False) as f:
+        _write_contents(prep, f)
+        f.flush()
+        return f.id.get_file_image()
+
+
+def _write_contents(prep: Prepared, f: h5py.File) -> None:
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["dataset"] = prep.dataset
+    f.attrs["setting"] = prep.setting
+    f.attrs["view"] = prep.view
+    f.attrs["num_points"] = prep.num_points
+    f.attrs["object_names"] = json.dumps(prep.object_names)
+    f.attrs["affordance_names"] = json.dumps(prep.affordance_names)
+    f.attrs["affcli_version"] = __version__
+    f.attrs["source_root"] = str(prep.manifest.root)
+    man = f.create_group("manifest")
+    paths = sorted(prep.manifest.entries)
+    man.create_dataset("path", data=np.array(paths, dtype=object), dtype=_STR)
+    man.create_dataset("size", data=np.array([prep.manifest.entries[p][0] for p in paths],
+                                             dtype=np.int64))
+    man.create_dataset("sha256", data=np.array([prep.manifest.entries[p][1] for p in paths],
+                                               dtype=object), dtype=_STR)
+    for split, data in prep.splits.items():
+        _write_split(f.create_group(split), data, prep.num_points)
 
 
 def _write_split(g: h5py.Group, d: SplitData, n: int) -> None:

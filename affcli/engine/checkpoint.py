@@ -39,8 +39,29 @@ WEIGHTS_FORMAT = "affcli-weights"
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_output(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    """Written to a temporary file, synced to the disk, renamed: a kill at any moment leaves
+    the previous checkpoint or this one. Through a Python file object, so a full disk is an
+    OSError that `atomic_output` names (torch's own writer would lose the errno)."""
+    with atomic_output(path, durable=True) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+        _pause_before_rename(path)
+
+
+PAUSE_ENV = "AFFCLI_TEST_PAUSE_BEFORE_RENAME"  # test-only: seconds between write and rename
+
+
+def _pause_before_rename(path: Path) -> None:
+    """Test-only: widen the moment between a checkpoint's write and its rename, so a test
+    can kill a process inside it."""
+    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if seconds > 0:
+        import time
+
+        marker = path.with_name(f".{path.name}.writing")
+        marker.touch()
+        time.sleep(seconds)
+        marker.unlink(missing_ok=True)
 
 
 def load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -88,7 +109,7 @@ def save_inference(path: Path, payload: dict[str, Any], checkpoint: Path) -> Non
             "train_config": json.dumps(jsonable(payload.get("train_config") or {})),
             "data": json.dumps(jsonable(payload.get("data") or {})),
             "checkpoint": f"{checkpoint.name}:{_stamp(checkpoint)}"}
-    with atomic_output(path) as tmp:
+    with atomic_output(path, durable=True) as tmp:
         save_file(state, str(tmp), metadata=meta)
 
 

@@ -115,6 +115,15 @@ def any_process(proc: Process, flag: bool) -> bool:
     return bool(t.item())
 
 
+def max_over_processes(proc: Process, value: int) -> int:
+    """The largest int over all processes (every process gets it)."""
+    if not proc.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather(proc: Process, obj: Any) -> list[Any] | None:
     """Every process's `obj`, in rank order, on rank 0 (None elsewhere)."""
     if not proc.distributed:

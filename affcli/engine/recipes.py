@@ -58,6 +58,8 @@ class TrainConfig:
     votes: int = 1  # the final test's passes averaged (seeded, random FPS starts)
     plots: bool = True  # the final test's charts and gallery in RUN/plots/<split>/
     tensorboard: bool = True  # log to RUN/tb/ when the tensorboard package is installed
+    checkpoint_every: int = 0  # > 0: also save last.pt every this many steps of an epoch
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient skipped before stopping
     model_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # config overrides
     out: str | None = None
 
@@ -101,6 +103,10 @@ class TrainConfig:
             (isinstance(self.model_config, dict), "model_config", "must be a mapping"),
             (isinstance(self.plots, bool), "plots", "must be true or false"),
             (isinstance(self.tensorboard, bool), "tensorboard", "must be true or false"),
+            (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+             "checkpoint_every", "must be a step count >= 0"),
+            (isinstance(self.skip_nonfinite, int) and self.skip_nonfinite >= 0,
+             "skip_nonfinite", "must be a count >= 0"),
         ]
         for ok, name, reason in checks:
             if not ok:

@@ -63,14 +63,53 @@ class State:
     best_score: float = -math.inf  # of cfg.select_by; -inf/inf until a finite one is seen
     best_epoch: int = 0
     step_losses: list[float] = field(default_factory=list)  # of the current epoch
+    skipped: int = 0  # steps of the current epoch skipped for a non-finite loss or gradient
+    skipped_total: int = 0
+
+
+# the signals that stop a run the way Ctrl-C does: finish the batch, save last.pt, exit
+# 128 + the signal's number (130, 143, 138) so a job script can tell "stopped, resumable"
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGUSR1"):  # (what SLURM sends with --signal=USR1@seconds)
+    STOP_SIGNALS[signal.SIGUSR1] = "SIGUSR1"
+
+# test-only fault injection: the losses of these global steps (1-based, comma-separated)
+# become NaN, to exercise the non-finite handling in real processes
+FAULT_ENV = "AFFCLI_FAULT_NONFINITE_STEPS"
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training; `last.pt` holds the state to resume from."""
+    """A stop signal during training; `last.pt` holds the state to resume from."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; resume with `affcli train --resume {run_dir}`")
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, signum: int = signal.SIGINT) -> None:
+        name = STOP_SIGNALS.get(signum, f"signal {signum}")
+        super().__init__(f"stopped by {name}; resume with `affcli train --resume {run_dir}`")
+        self.run_dir, self.signum = run_dir, int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class NonFiniteError(AffError):
+    """The loss or a gradient became NaN or infinite (more often than --skip-nonfinite
+    allows): the run stops with exit code 1, its last good checkpoint kept."""
+
+    exit_code = 1
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave the stop signals to the main process (`pkill -f` and a
+    terminal's Ctrl-C reach them too): it finishes the batch and shuts them down."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _fault_steps() -> set[int]:
+    import os
+
+    raw = os.environ.get(FAULT_ENV, "")
+    return {int(x) for x in raw.split(",") if x.strip()}
 
 
 Hooks = dict[str, Callable[..., None]]
@@ -171,6 +210,8 @@ class Trainer:
             raise AffError(data, f"the train split has {len(self.train_set)} samples, fewer "
                            f"than one batch of {cfg.batch_size}", hint="lower --batch-size")
 
+        self.last_record: dict[str, Any] | None = None
+        self.fault_steps = _fault_steps()
         self.run_dir = self._run_dir(resume)
         if resume is not None:
             self._resume(resume)
@@ -244,7 +285,16 @@ class Trainer:
                            # (runs before select_by kept the best aIoU under this key)
                            best_score=float(s.get("best_score", s.get("best_aiou"))),
                            best_epoch=int(s["best_epoch"]),
-                           step_losses=[float(x) for x in s["step_losses"]])
+                           step_losses=[float(x) for x in s["step_losses"]],
+                           skipped=int(s.get("skipped", 0)),
+                           skipped_total=int(s.get("skipped_total", 0)))
+        self.last_record = doc.get("record")
+        if self.proc.main:
+            # a killed process leaves the temporary file of the write it was in (a whole
+            # checkpoint's size); its rename never came, so it is garbage
+            for stale in run_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            self._repair_metrics(run_dir)
         rng = doc["rng"]
         trained_with = len(rng) if isinstance(rng, list) else 1
         if trained_with != self.proc.world:
@@ -253,6 +303,37 @@ class Trainer:
         ckpt.set_rng_state(rng[self.proc.rank] if isinstance(rng, list) else rng)
         self._note("note", f"resuming {run_dir} at epoch {self.state.epoch + 1}"
                    + (f", batch {self.state.step + 1}" if self.state.step else ""))
+
+    def _repair_metrics(self, run_dir: Path) -> None:
+        """metrics.jsonl as of last.pt: a torn last line (a kill while appending) dropped,
+        lines of epochs after the checkpoint dropped, the checkpoint's own epoch line added
+        when a kill came between the two writes; then results.csv / .png redrawn."""
+        from affcli.fileio import atomic_output
+
+        path = run_dir / "metrics.jsonl"
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        kept: list[str] = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and 0 < int(record.get("epoch", 0)) <= self.state.epoch:
+                kept.append(json.dumps(record))
+        last = self.last_record
+        if last is not None and int(last.get("epoch", 0)) == self.state.epoch and not any(
+                json.loads(x)["epoch"] == self.state.epoch for x in kept):
+            kept.append(json.dumps(last))
+        text = "".join(x + "\n" for x in kept)
+        if not path.is_file() or text != path.read_text(errors="replace"):
+            with atomic_output(path) as tmp:
+                tmp.write_text(text)
+            self._note("note", f"repaired {path.name}: {len(kept)} epoch line(s) as of "
+                       f"{ckpt.LAST}")
+            try:
+                write_results(run_dir)
+            except Exception as exc:  # noqa: BLE001 (pictures must not stop a resume)
+                self._note("warn", f"results.csv / results.png not redrawn: {exc}")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -268,7 +349,11 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.amp else {},
             "state": {"epoch": s.epoch, "step": s.step, "global_step": s.global_step,
                       "best_score": s.best_score, "best_epoch": s.best_epoch,
-                      "step_losses": list(s.step_losses)},
+                      "step_losses": list(s.step_losses), "skipped": s.skipped,
+                      "skipped_total": s.skipped_total},
+            # the last finished epoch's metrics.jsonl line: written after the checkpoint,
+            # so a kill in between loses it from the file but not from here
+            "record": jsonable(self.last_record) if self.last_record is not None else None,
             "rng": rngs if self.proc.distributed else (rngs[0] if rngs else None),
             "train_config": self.cfg.to_dict(),
             "data": {"path": self.cfg.data, "dataset": self.info.dataset,
@@ -300,46 +385,84 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(self.train_set, batch_sampler=self.sampler,
                           num_workers=self.cfg.workers, generator=gen,
+                          worker_init_fn=_ignore_stop_signals if self.cfg.workers else None,
                           pin_memory=self.proc.device.type == "cuda")
 
-    def _train_step(self, batch: dict[str, Any]) -> float:
+    def _train_step(self, batch: dict[str, Any]) -> float | None:
+        """One optimizer step; None when it was skipped for a non-finite loss or gradient
+        (--skip-nonfinite), NonFiniteError when no more may be skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.proc.device, self.amp):
             loss = self.step_module(to_device(batch, self.proc.device, self.dtype))
-        if not torch.isfinite(loss):
-            raise AffError(self.cfg.data, f"the loss became {loss.item()} at epoch "
-                           f"{self.state.epoch + 1}, batch {self.state.step + 1}",
-                           hint="lower --lr, or check the data")
+        if self.state.global_step + 1 in self.fault_steps:
+            loss = loss * float("nan")
+        # agreed before backward: under DDP a process that skipped it would leave the
+        # others waiting in the gradient all-reduce
+        if D.any_process(self.proc, not bool(torch.isfinite(loss))):
+            return self._non_finite("loss", float(loss.detach()))
         self.scaler.scale(loss).backward()
+        # (with a GradScaler, fp16 overflow is routine: the scaler skips those steps itself)
+        if not self.scaler.is_enabled():
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not bool(torch.isfinite(norm)):  # all-reduced already: the same everywhere
+                return self._non_finite("gradient", float(norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return D.mean_over_processes(self.proc, float(loss.detach()))
 
+    def _non_finite(self, what: str, value: float) -> None:
+        s, cfg = self.state, self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        where = f"epoch {s.epoch + 1}, step {s.step + 1} (global step {s.global_step + 1})"
+        if s.skipped_total < cfg.skip_nonfinite:
+            s.skipped += 1
+            s.skipped_total += 1
+            self._note("warn", f"the {what} became {value} at {where}: step skipped "
+                       f"({s.skipped_total} of --skip-nonfinite {cfg.skip_nonfinite})")
+            return None
+        last = self.run_dir / ckpt.LAST
+        kept = (f"the last good checkpoint is {last}" if last.is_file()
+                else "no checkpoint was written yet")
+        raise NonFiniteError(cfg.out, f"training stopped: the {what} became {value} at "
+                             f"{where}; {kept}",
+                             hint="lower --lr or check the data; --skip-nonfinite K skips up "
+                             "to K such steps; --resume continues from the checkpoint")
+
     def run(self) -> dict[str, Any]:
-        # The first Ctrl-C finishes the current batch, saves last.pt and stops; a second
-        # one stops at once.
-        interrupted = {"flag": False}
+        # The first stop signal (Ctrl-C, SIGTERM, SIGUSR1) finishes the current batch, saves
+        # last.pt and stops; a second one stops at once.
+        stop = {"signal": 0}
 
-        def on_sigint(signum: int, frame: Any) -> None:
-            if interrupted["flag"]:
+        def on_signal(signum: int, frame: Any) -> None:
+            if stop["signal"]:
                 raise KeyboardInterrupt
-            interrupted["flag"] = True
-            self._note("note", "interrupt: saving last.pt after this batch (Ctrl-C again to "
-                       "stop at once)")
+            stop["signal"] = signum
+            again = "Ctrl-C" if signum == signal.SIGINT else STOP_SIGNALS[signum]
+            self._note("note", f"{STOP_SIGNALS[signum]}: saving last.pt after this batch "
+                       f"({again} again to stop at once)")
 
+        previous = {}
+        for signum in STOP_SIGNALS:
+            try:
+                previous[signum] = signal.signal(signum, on_signal)
+            except ValueError:  # not the main thread: leave the handlers alone
+                break
         try:
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main thread: leave the handler alone
-            previous = None
-        try:
-            return self._run(interrupted)
+            return self._run(stop)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if self.tb is not None:
                 self.tb.close()
 
-    def _run(self, interrupted: dict[str, bool]) -> dict[str, Any]:
+    def _stopping(self, stop: dict[str, int]) -> int:
+        """The stop signal any process received (0: none); the same on every process."""
+        if not self.proc.distributed:
+            return stop["signal"]
+        return int(D.max_over_processes(self.proc, stop["signal"]))
+
+    def _run(self, stop: dict[str, int]) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
         per_epoch = self.sampler.num_batches()
         if cfg.max_batches:
@@ -357,23 +480,30 @@ class Trainer:
                     break
                 lr = self._set_lr(epoch, s.step)
                 loss = self._train_step(batch)
-                s.step_losses.append(loss)
+                if loss is not None:
+                    s.step_losses.append(loss)
                 s.step += 1
                 s.global_step += 1
                 seen += cfg.batch_size
-                if self.tb is not None:
+                if self.tb is not None and loss is not None:
                     self.tb.step(s.global_step, loss, lr)
                 if "step" in self.hooks and self.proc.main:
-                    self.hooks["step"](epoch, s.step, per_epoch, loss, lr,
+                    self.hooks["step"](epoch, s.step, per_epoch, math.nan if loss is None
+                                       else loss, lr,
                                        seen / max(time.perf_counter() - t0, 1e-9))
-                if D.any_process(self.proc, interrupted["flag"]):
+                signum = self._stopping(stop)
+                if signum:
                     self._save((ckpt.LAST,))
-                    raise Interrupted(self.run_dir)
+                    raise Interrupted(self.run_dir, signum)
+                if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and \
+                        s.step < per_epoch:
+                    self._save((ckpt.LAST,))  # (the epoch's end saves anyway)
             record = self._end_epoch(epoch, t0, seen)
             if "epoch_end" in self.hooks and self.proc.main:
                 self.hooks["epoch_end"](record)
-            if D.any_process(self.proc, interrupted["flag"]):
-                raise Interrupted(self.run_dir)
+            signum = self._stopping(stop)
+            if signum:
+                raise Interrupted(self.run_dir, signum)
         return self._finish()
 
     def _end_epoch(self, epoch: int, t0: float, seen: int) -> dict[str, Any]:
@@ -397,10 +527,12 @@ class Trainer:
             "samples_per_s": seen / max(train_seconds, 1e-9),
             "seconds": time.perf_counter() - t0,
             "step_losses": list(s.step_losses),
+            "nonfinite_skipped": s.skipped,
         }
         if improved:
             s.best_score, s.best_epoch = value, epoch + 1
-        s.epoch, s.step, s.step_losses = epoch + 1, 0, []
+        s.epoch, s.step, s.step_losses, s.skipped = epoch + 1, 0, [], 0
+        self.last_record = record
         self._save((ckpt.LAST, ckpt.BEST) if improved else (ckpt.LAST,))
         if self.proc.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
