@@ -86,6 +86,9 @@ def train_cmd(
         help="Run folder (default runs/<model>/<setting>-N).")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder from its last.pt.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="With --resume: continue even though the data file changed since "
+        "the run started (size or contents; refused without it).")] = False,
     nproc: Annotated[int | None, typer.Option(
         help="Train with this many processes on this machine (DistributedDataParallel; "
         "--batch-size is the global batch, split over them).")
@@ -112,7 +115,10 @@ def train_cmd(
         given["model_config"] = parse_overrides(set_)
     cfg = (_resumed_config(resume, model, config, given) if resume is not None
            else _new_config(model, config, given))
-    _run(cfg, resume, reporter(json_out, quiet))
+    if force and resume is None:
+        raise AffError("--force", "only means something with --resume (a new run never "
+                       "overwrites a folder: choose another --out)")
+    _run(cfg, resume, reporter(json_out, quiet), force)
 
 
 def _relaunch(nproc: int) -> NoReturn:
@@ -137,7 +143,7 @@ def _new_config(model: str | None, config: Path | None, given: dict[str, object]
     return resolve(model.lower(), dict(cls.train_recipe), config, given)
 
 
-def _run(cfg: TrainConfig, resume: Path | None, rep: Reporter) -> None:
+def _run(cfg: TrainConfig, resume: Path | None, rep: Reporter, force: bool = False) -> None:
     """Train in this process (one of several under torchrun); rank 0 reports."""
     from affcli.console import TrainDisplay
     from affcli.engine import distributed as D
@@ -148,7 +154,7 @@ def _run(cfg: TrainConfig, resume: Path | None, rep: Reporter) -> None:
         if proc.rank != 0:
             rep.quiet = True
         display = TrainDisplay(rep, cfg.epochs)
-        trainer = Trainer(cfg, proc, hooks=display.hooks(), resume=resume)
+        trainer = Trainer(cfg, proc, hooks=display.hooks(), resume=resume, force=force)
         if proc.main:
             _announce(rep, cfg, trainer)
         try:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from affcli import models
 from affcli.data.datasets import open_dataset
-from affcli.data.h5 import FileInfo, read_info
+from affcli.data.h5 import FileInfo, fingerprint, read_info
 from affcli.data.splits import carve_validation
 from affcli.engine import checkpoint as ckpt
 from affcli.engine import distributed as D
@@ -150,8 +150,9 @@ class Trainer:
     """Build everything from a resolved TrainConfig (or a run folder to resume), then `run`."""
 
     def __init__(self, cfg: TrainConfig, proc: D.Process, hooks: Hooks | None = None,
-                 resume: Path | None = None) -> None:
+                 resume: Path | None = None, force: bool = False) -> None:
         self.cfg, self.proc, self.hooks = cfg, proc, hooks or {}
+        self.force = force  # resume on a data file that changed since the run started
         self.state = State()
         model_cls = models.model_class(cfg.model)
         data = Path(cfg.data) if cfg.data else default_data(model_cls, cfg.setting)
@@ -161,6 +162,7 @@ class Trainer:
                            f"{model_cls.min_batch_size} (BatchNorm over the batch), got "
                            f"{cfg.batch_size}")
         cfg.data = str(data)
+        self.data_identity = {"size": data.stat().st_size, "fingerprint": fingerprint(data)}
         self.carve = carve_validation(data, cfg.val_from_train) if cfg.val_from_train else None
         self.val_split = selection_split(cfg.to_dict(), self.info.splits)
         if self.carve is None and self.val_split not in self.info.splits:
@@ -272,6 +274,7 @@ class Trainer:
         if doc["model_type"] != self.cfg.model:
             raise AffError(run_dir / ckpt.LAST, f"holds a {doc['model_type']} model, not "
                            f"{self.cfg.model}")
+        self._check_same_data(doc.get("data") or {}, run_dir / ckpt.LAST)
         load_state(self.model, doc["model"], run_dir / ckpt.LAST)
         try:
             self.optimizer.load_state_dict(doc["optimizer"])
@@ -303,6 +306,24 @@ class Trainer:
         ckpt.set_rng_state(rng[self.proc.rank] if isinstance(rng, list) else rng)
         self._note("note", f"resuming {run_dir} at epoch {self.state.epoch + 1}"
                    + (f", batch {self.state.step + 1}" if self.state.step else ""))
+
+    def _check_same_data(self, recorded: dict[str, Any], source: Path) -> None:
+        """A resumed run must read the file it started on: the size and fingerprint recorded
+        at the start, else exit 2 (unless --force)."""
+        now = self.data_identity
+        changed = [k for k in ("size", "fingerprint") if k in recorded and recorded[k] != now[k]]
+        if not changed:
+            return
+        what = (f"size {recorded['size']} -> {now['size']} bytes" if "size" in changed
+                else "same size, other contents")
+        if self.force:
+            self._note("warn", f"{self.cfg.data} changed since this run started ({what}); "
+                       "resuming on it anyway (--force)")
+            return
+        raise AffError(self.cfg.data, f"changed since the run in {source.parent} started "
+                       f"({what}, recorded in {source.name}); resuming on other data would "
+                       "not continue the same run",
+                       hint="pass --force to resume on it anyway, or restore the file")
 
     def _repair_metrics(self, run_dir: Path) -> None:
         """metrics.jsonl as of last.pt: a torn last line (a kill while appending) dropped,
@@ -357,7 +378,8 @@ class Trainer:
             "rng": rngs if self.proc.distributed else (rngs[0] if rngs else None),
             "train_config": self.cfg.to_dict(),
             "data": {"path": self.cfg.data, "dataset": self.info.dataset,
-                     "setting": self.info.setting, "view": self.info.view},
+                     "setting": self.info.setting, "view": self.info.view,
+                     **self.data_identity},
         }
 
     def _save(self, names: tuple[str, ...]) -> None:

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,9 +32,10 @@ from affcli.engine.trainer import Interrupted, Trainer
 def _config(data, out) -> TrainConfig:
     # PointRefer has dropout (its text encoder's), so the RNG states must be restored too
     # test_split "": no test evaluation at the end (None would mean "not given": the default
-    # test split); validation in batches of 16, fewer model calls for the same figures
+    # test split); validation on one batch of 16 (fewer model calls, the same comparison)
     given = dict(data=str(data), epochs=2, batch_size=2, max_batches=2, workers=0,
-                 num_points=512, test_split="", eval_batch_size=16, out=str(out),
+                 num_points=512, test_split="", eval_batch_size=16, max_val_batches=1,
+                 out=str(out),
                  model_config={"freeze_text_encoder": True})
     return resolve("pointrefer", models.model_class("pointrefer").train_recipe, None, given)
 
@@ -106,8 +108,8 @@ def test_usr1_kill_in_a_checkpoint_write_torn_log_then_resume_is_exact(prepared,
     base = [sys.executable, "-m", "affcli", "train"]
     train = [*base, "pointrefer", "--data", str(prepared("laso")), "--epochs", "2",
              "--batch-size", "2", "--max-batches", "2", "--workers", "0", "--points", "512",
-             "--set", "freeze_text_encoder=true", "--config", str(options),
-             "--checkpoint-every", "1", "--out", str(run)]
+             "--max-val-batches", "1", "--set", "freeze_text_encoder=true", "--config",
+             str(options), "--checkpoint-every", "1", "--out", str(run)]
     deadline = time.monotonic() + 240
 
     first = subprocess.Popen(train, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -238,3 +240,32 @@ def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(
     assert code == 1, err
     assert f"{out}: cannot write: File too large" in " ".join(err.split())
     assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_refuses_a_changed_or_truncated_data_file(run_cli, prepared, tmp_path):
+    data = tmp_path / "laso.h5"
+    shutil.copyfile(prepared("laso"), data)
+    args = _short_run(prepared, tmp_path, "run")
+    args[args.index("--data") + 1] = data
+    args[args.index("--max-batches") + 1] = "1"
+    code, _, err = run_cli(*args)
+    run = tmp_path / "run"
+    assert code == 0, err
+    recorded = ckpt.load(run / ckpt.LAST)["data"]
+    assert recorded["size"] == data.stat().st_size and len(recorded["fingerprint"]) == 20
+
+    with open(data, "ab") as f:  # still a readable HDF5 file, but not the one trained on
+        f.write(b"\0" * 64)
+    code, _, err = run_cli("train", "--resume", run, "--epochs", "2")
+    assert code == 2
+    line = " ".join(err.split())
+    assert f"{data}: changed since the run in {run} started" in line and "--force" in line
+    code, _, err = run_cli("train", "--resume", run, "--force")
+    assert code == 0, err
+    assert "resuming on it anyway (--force)" in " ".join(err.split())
+
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a copy cut short
+    for command in (["train", "--resume", run, "--epochs", "3"],
+                    ["eval", run, "--split", "val", "--no-plots"]):
+        code, _, err = run_cli(*command)
+        assert code == 2 and f"{data}: not a readable HDF5 file" in " ".join(err.split())
