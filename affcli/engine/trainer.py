@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -106,8 +107,6 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 def _fault_steps() -> set[int]:
-    import os
-
     raw = os.environ.get(FAULT_ENV, "")
     return {int(x) for x in raw.split(",") if x.strip()}
 
