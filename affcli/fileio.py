@@ -36,17 +36,30 @@ class DiskFullError(AffError):
 _FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-def _full_disk_cause(exc: BaseException) -> OSError | None:
-    """The out-of-space OSError behind `exc`, if any (torch's writer wraps the OSError of the
-    Python file it writes to in a RuntimeError)."""
+def _full_disk_cause(exc: BaseException) -> int | None:
+    """The out-of-space errno behind `exc`, if any: torch's writer wraps the OSError of the
+    Python file it writes to in a RuntimeError, and writers in C++ or Rust leave only the
+    system's message in theirs."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
-            return None
+            break
         if isinstance(seen, OSError) and seen.errno in _FULL:
-            return seen
+            return seen.errno
         seen = seen.__cause__ or seen.__context__
-    return None
+    text = str(exc)
+    return next((code for code in _FULL if os.strerror(code) in text), None)
+
+
+def disk_full_error(exc: BaseException, out: str | os.PathLike[str]) -> DiskFullError | None:
+    """The DiskFullError to raise for `exc` while writing `out`, or None when `exc` is not
+    for want of space."""
+    code = _full_disk_cause(exc)
+    if code is None:
+        return None
+    out = Path(out)
+    return DiskFullError(out, f"cannot write: {os.strerror(code)} ({_free_space(out.parent)}"
+                         "); the previous file, if any, is unchanged")
 
 
 def _free_space(folder: Path) -> str:
@@ -80,10 +93,14 @@ def atomic_output(out: str | os.PathLike[str], force: bool = True, durable: bool
     """Yields a temporary path beside `out`; renamed onto `out` only if the block succeeds.
 
     A failure (or Ctrl-C) leaves no partial file behind, and an existing output is untouched.
-    With `force` False an existing `out` is an error (exit 2) rather than replaced. A write
-    that runs out of space is a DiskFullError naming `out` and the free space. `durable`:
-    the file is synced to the disk before the rename and the folder after it, so a power cut
-    or kill leaves the old file or the whole new one (checkpoints).
+    With `force` False an existing `out` is an error (exit 2) rather than replaced, also when
+    another process created it while this one was writing: the finished file is hard-linked
+    into place, which fails if the name is taken, so of several writers at once exactly one
+    wins and the others exit 2. With `force` the last rename wins; a reader sees one whole
+    file or another, never a mix. A write that runs out of space is a DiskFullError naming
+    `out` and the free space. `durable`: the file is synced to the disk before the rename and
+    the folder after it, so a power cut or kill leaves the old file or the whole new one
+    (checkpoints).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -100,17 +117,39 @@ def atomic_output(out: str | os.PathLike[str], force: bool = True, durable: bool
         os.chmod(tmp, 0o666 & ~current_umask())
         if durable:
             _fsync(tmp)
-        os.replace(tmp, out)
+        if force:
+            os.replace(tmp, out)
+        else:
+            _claim(tmp, out)
         if durable:
             _fsync(out.parent, directory=True)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        full = _full_disk_cause(exc)
+        full = disk_full_error(exc, out)
         if full is not None:
-            raise DiskFullError(out, f"cannot write: {os.strerror(full.errno)} "
-                                f"({_free_space(out.parent)}); the previous file, if any, "
-                                "is unchanged") from None
+            raise full from None
         raise
+
+
+def _claim(tmp: Path, out: Path) -> None:
+    """Moves `tmp` to `out` only if `out` does not exist, atomically (rename(2) would
+    replace it silently)."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise AffError(out, "output exists (another process wrote it while this one was "
+                       "working); pass --force to overwrite it") from None
+    except OSError as exc:
+        # file systems without hard links (some FUSE and network mounts): check, then rename;
+        # a writer finishing in between can still be replaced
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                             errno.EXDEV):
+            raise
+        if out.exists():
+            raise AffError(out, "output exists; pass --force to overwrite it") from None
+        os.replace(tmp, out)
+        return
+    tmp.unlink()
 
 
 def next_numbered_dir(parent: str | os.PathLike[str], prefix: str) -> Path:

@@ -39,7 +39,7 @@ _UP_MAPS = {
 
 def render_views(points: np.ndarray, scores: np.ndarray, path: str | Path,
                  title: str | None = None, size: tuple[int, int] = (1000, 500),
-                 *, up: str = "y") -> Path:
+                 *, up: str = "y", force: bool = True) -> Path:
     """Write a PNG of `size` (width, height) pixels showing the cloud from the front-left and
     the back-right, points coloured by score (heatmap, 0..1) with a colourbar. Atomic.
 
@@ -64,7 +64,7 @@ def render_views(points: np.ndarray, scores: np.ndarray, path: str | Path,
     if title:
         fig.suptitle(title, y=0.975)
     path = Path(path)
-    with atomic_output(path, force=True) as tmp:
+    with atomic_output(path, force=force) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
     return path
 

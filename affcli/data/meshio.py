@@ -126,15 +126,15 @@ def _check_faces(path: Path, mesh: MeshData) -> None:
 
 
 def write_mesh_glb(path: Path, vertices: np.ndarray, faces: np.ndarray,
-                   colors: np.ndarray) -> Path:
-    """A GLB of a mesh with per-vertex colours (uint8 [V, 3]), atomically: Blender, web
-    viewers and phones open it."""
+                   colors: np.ndarray, force: bool = True) -> Path:
+    """A GLB of a mesh with per-vertex colours (uint8 [V, 3]), atomically (without `force`
+    never over an existing file): Blender, web viewers and phones open it."""
     import trimesh
 
     from affcli.fileio import atomic_output
 
     rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=rgba, process=False)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, force=force) as tmp:
         tmp.write_bytes(mesh.export(file_type="glb"))
     return path

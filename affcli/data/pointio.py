@@ -776,12 +776,14 @@ _OUT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),
 
 def write_ply(path: str | Path, points: np.ndarray, scores: np.ndarray | None,
               colors: np.ndarray | None = None, binary: bool = True,
-              faces: np.ndarray | None = None, face_scores: np.ndarray | None = None) -> Path:
+              faces: np.ndarray | None = None, face_scores: np.ndarray | None = None,
+              force: bool = True) -> Path:
     """Write a scored point cloud, or with `faces` (int [F, 3]) a scored mesh, as PLY: x y z
     (float), red green blue (uchar) and score (float) per vertex; colours default to the
     scores' heatmap; `face_scores` [F] adds a score per face. With `scores` None, a plain
-    cloud: x y z alone. Atomic: readers never see a half-written file. Raises ValueError for
-    inconsistent arrays (a caller's bug)."""
+    cloud: x y z alone. Atomic: readers never see a half-written file; without `force` an
+    existing file is an AffError (see atomic_output). Raises ValueError for inconsistent
+    arrays (a caller's bug)."""
     table = _scored_table(points, scores, colors)
     face_table = None if faces is None else _face_table(faces, face_scores, len(table))
     fmt = "binary_little_endian" if binary else "ascii"
@@ -797,7 +799,7 @@ def write_ply(path: str | Path, points: np.ndarray, scores: np.ndarray | None,
         *face_header, "end_header", "",
     ]).encode("ascii")
     path = Path(path)
-    with atomic_output(path, force=True) as tmp, open(tmp, "wb") as f:
+    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as f:
         f.write(header)
         for t in (table, face_table):
             if t is None:

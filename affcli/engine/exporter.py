@@ -434,6 +434,13 @@ def _write_checked(wrapper: ExportWrapper, fmt: str, example: dict[str, torch.Te
         for written in sorted(source.iterdir()):
             os.replace(written, target / written.name)
         return diff, seconds
+    except Exception as exc:
+        from affcli.fileio import disk_full_error
+
+        full = disk_full_error(exc, out)
+        if full is not None:
+            raise full from None
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -488,8 +495,11 @@ def _export_torchscript(wrapper: ExportWrapper, example: dict[str, torch.Tensor]
                         ) -> None:
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(wrapper, tuple(example.values()), check_trace=False)
-        torch.jit.save(traced, str(path),
-                       _extra_files={TORCHSCRIPT_CONFIG: config_json(wrapper.model.config)})
+        # through a Python file: its OSError says why a write failed (a full disk), where
+        # torch's own writer says only "file write failed"
+        with open(path, "wb") as f:
+            torch.jit.save(traced, f,
+                           _extra_files={TORCHSCRIPT_CONFIG: config_json(wrapper.model.config)})
 
 
 def _load_and_run(fmt: str, path: Path, inputs: dict[str, torch.Tensor]) -> tuple[Any, ...]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from affcli.errors import AffError
+from affcli.fileio import DiskFullError
 
 RUNS_ROOT = Path("runs")
 RESAMPLE_SEED = 0  # fixed: the same file gives the same cloud, hence the same scores
@@ -342,28 +343,32 @@ class OutputWriter:
         kinds = (shape_kind, "npy", "png") if self.render else (shape_kind, "npy")
         taken = [folder / f"{stem}.{k}" for k in kinds if (folder / f"{stem}.{k}").exists()]
         if taken and not self.force:
-            # checked before writing any, so a shape's files are never half replaced
+            # checked before writing any, so a shape's files are never half replaced; each
+            # file is then created exclusively (see atomic_output), so of several processes
+            # writing the same names at once, the first to finish its shape file takes them
+            # and the others stop at that file with exit 2
             raise AffError(taken[0], "output exists; pass --force to overwrite it")
         if shape_kind == "glb":
             from affcli.data.meshio import write_mesh_glb
             from affcli.views import heatmap_colors
 
             files = {"glb": write_mesh_glb(folder / f"{stem}.glb", points, faces,
-                                           heatmap_colors(scores))}
+                                           heatmap_colors(scores), force=self.force)}
         else:
             face_scores = (np.asarray(scores, np.float64)[faces].mean(axis=1)
                            if faces is not None and self.face_scores else None)
             files = {"ply": write_ply(folder / f"{stem}.ply", points, scores, faces=faces,
-                                      face_scores=face_scores)}
+                                      face_scores=face_scores, force=self.force)}
         npy = folder / f"{stem}.npy"
-        with atomic_output(npy, force=True) as tmp, open(tmp, "wb") as f:
+        with atomic_output(npy, force=self.force) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(scores, np.float32))  # a handle: np.save adds .npy to names
         files["npy"] = npy
         if self.render:
             from affcli.views import render_views
 
             shown = view if view is not None else (points, scores)
-            files["png"] = render_views(*shown, folder / f"{stem}.png", title)
+            files["png"] = render_views(*shown, folder / f"{stem}.png", title,
+                                        force=self.force)
         return files
 
 
@@ -533,6 +538,8 @@ class Predictor:
         try:
             res.outputs = writer.write(stem, res.points, res.scores, title, faces=res.faces,
                                        view=view)
+        except DiskFullError:
+            raise  # the next shapes would not fit either: stop the batch (exit 1)
         except AffError as exc:
             res.error = exc
         except OSError as exc:

@@ -40,7 +40,7 @@ from affcli.engine.evaluator import autocast, constant_baseline, predict, score,
 from affcli.engine.recipes import TrainConfig, better, learning_rate
 from affcli.engine.results import write_results
 from affcli.errors import AffError
-from affcli.fileio import jsonable, write_json
+from affcli.fileio import DiskFullError, atomic_output, jsonable, write_json
 from affcli.models.config import load_state
 
 
@@ -262,8 +262,16 @@ class Trainer:
             else:
                 path = ckpt.new_run_dir("runs", self.cfg.model, self.cfg.setting)
             self.cfg.out = str(path)
-            (path / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(),
-                                                             sort_keys=False))
+            # created exclusively: of two runs started at once with the same --out, one
+            # takes the folder and the other stops here (exit 2)
+            try:
+                with atomic_output(path / "config.yaml", force=False) as tmp:
+                    tmp.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            except DiskFullError:
+                raise
+            except AffError:
+                raise AffError(path, "output folder exists and is not empty (another run "
+                               "started in it)", hint="choose another --out") from None
         path = D.broadcast(self.proc, str(path) if path else None)
         self.cfg.out = path
         return Path(path)
@@ -328,8 +336,6 @@ class Trainer:
         """metrics.jsonl as of last.pt: a torn last line (a kill while appending) dropped,
         lines of epochs after the checkpoint dropped, the checkpoint's own epoch line added
         when a kill came between the two writes; then results.csv / .png redrawn."""
-        from affcli.fileio import atomic_output
-
         path = run_dir / "metrics.jsonl"
         lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
         kept: list[str] = []
