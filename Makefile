@@ -10,7 +10,7 @@ DEMO_SHAPES ?= 6
 DEMO_TRAIN ?= --epochs 2 --batch-size 4 --points 512 --workers 1 \
 	--set freeze_text_encoder=true
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint gpu-check clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,12 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check affcli tests
+
+# On a GPU machine: one unattended run (a few minutes) that checks every Triton kernel, the
+# encoder, AMP training, NCCL, predict and eval against the CPU and times the ops; it writes
+# gpu-report.json and exits 1 if any check failed (docs/engine.md, "The GPU check").
+gpu-check: setup
+	$(BIN)/affcli doctor --gpu --out gpu-report.json
 
 clean:
 	rm -rf $(DEMO) data/*.h5 runs .pytest_cache

@@ -335,6 +335,110 @@ def _bench_encoder(xyz: Any, repeats: int, devices: list) -> list[dict[str, Any]
     return rows
 
 
+def median_ms_on(fn: Callable[[], Any], repeats: int, device: Any, warmup: bool = True
+                 ) -> float:
+    """Median milliseconds of `repeats` calls after one warm-up call: CUDA events on a GPU
+    (the device's own timeline, no host round trip in the figure), the wall clock elsewhere."""
+    import torch
+
+    if warmup:
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        if torch.device(device).type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def bench_ops_device(device: Any, batch_size: int = 16, num_points: int = 2048,
+                     repeats: int = 10, encoder: bool = True, encoder_config: Any = None,
+                     seed: int = 0, warmup: bool = True) -> list[dict[str, Any]]:
+    """`bench_ops` with both sides on one device: our ops (whatever backend they dispatch to
+    there: the Triton kernels on CUDA) against the reference utility's algorithms run on the
+    same device, so the figures compare algorithms, not machines; medians over CUDA-event
+    timings on a GPU. `encoder_config` (an EncoderConfig) sizes the encoder and the first
+    level's ops (default: the models' encoder); `warmup`: one untimed call before each
+    figure."""
+    import torch
+
+    from affcli import ops
+    from affcli.bench import baseline_ops as ref
+    from affcli.nn.pointnet2 import EncoderConfig, PointNet2Encoder, gather_rows
+
+    cfg = encoder_config or EncoderConfig()
+    if batch_size < 1 or repeats < 1:
+        raise AffError("--batch-size/--repeats", "must be at least 1")
+    if num_points < cfg.sa1_centers:
+        raise AffError("--points", f"must be at least {cfg.sa1_centers} (the first level's "
+                       "centres)")
+    dev = torch.device(device)
+    xyz = realistic_clouds(batch_size, num_points, seed).to(dev)
+    m = cfg.sa1_centers
+    centers = gather_rows(xyz, ops.farthest_point_sample(xyz, m))
+    scales = list(zip(cfg.sa1_radii, cfg.sa1_neighbors, strict=True))
+    idxs = [ops.ball_query(xyz, centers, r, k) for r, k in scales]
+    both = torch.cat([xyz, xyz], dim=-1).transpose(1, 2).contiguous()  # [features; xyz]
+    coarse = torch.randn(batch_size, 128, m, generator=torch.Generator().manual_seed(seed)
+                         ).to(dev)
+
+    def ours_interp() -> Any:
+        d, i = ops.three_nn(xyz, centers)
+        w = 1.0 / (d + 1e-8)
+        return ops.three_interpolate(coarse, i, w / w.sum(-1, keepdim=True))
+
+    def ref_interp() -> Any:
+        d, i = ref.square_distance(xyz, centers).sort(dim=-1)
+        w = 1.0 / (d[:, :, :3] + 1e-8)
+        w = w / w.sum(-1, keepdim=True)
+        return (ref.index_points(coarse.transpose(1, 2), i[:, :, :3]) * w.unsqueeze(-1)).sum(2)
+
+    cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        (f"FPS {num_points}->{m}", lambda: ops.farthest_point_sample(xyz, m),
+         lambda: ref.farthest_point_sample(xyz, m)),
+        ("ball query x3 (sa1)", lambda: [ops.ball_query(xyz, centers, r, k) for r, k in scales],
+         lambda: [ref.ball_query(xyz, centers, r, k) for r, k in scales]),
+        ("gathers x3 (sa1)", lambda: [ops.gather_group(both, i) for i in idxs],
+         lambda: [torch.cat([ref.index_points(xyz, i), ref.index_points(xyz, i)], -1)
+                  for i in idxs]),
+        ("3-NN + interpolation", ours_interp, ref_interp),
+    ]
+    if encoder:
+        torch.manual_seed(seed)
+        enc = PointNet2Encoder(cfg).to(dev)
+
+        def run(forward: Callable[[], Any], mode: str, backward: bool) -> Callable[[], None]:
+            def go() -> None:
+                getattr(enc, mode)()
+                with torch.set_grad_enabled(backward):
+                    levels = forward()
+                    if backward:
+                        sum(f.sum() for _, f in levels[1:]).backward()
+            return go
+
+        for label, mode, backward in (("encoder forward (eval)", "eval", False),
+                                      ("encoder forward (train)", "train", False),
+                                      ("encoder forward+backward", "train", True)):
+            cases.append((label, run(lambda: enc(xyz), mode, backward),
+                          run(lambda: ref.encoder_forward(enc, xyz), mode, backward)))
+    rows = []
+    for op, ours, reference in cases:
+        ours_ms = median_ms_on(ours, repeats, dev, warmup)
+        ref_ms = median_ms_on(reference, repeats, dev, warmup)
+        rows.append({"op": op, "ours_ms": ours_ms, "reference_ms": ref_ms,
+                     "speedup": ref_ms / ours_ms})
+    return rows
+
+
 def bench_metrics(samples: int = 2416, points: int = 2048, seed: int = 0) -> dict[str, Any]:
     """Seconds for all four metrics over `samples` x `points`: our compiled per-sample pass vs
     the reference evaluation's per-sample loop (sklearn roc_auc_score, numpy IoU/SIM/MAE),
@@ -377,12 +481,14 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
                 announce: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Samples/s of one training step (forward, loss, backward, optimizer step) per model,
     on batches of a small synthetic set of the model's own dataset kind, data loading
-    excluded. Batch size: the paper's unless given. One warm-up step, then the median.
+    excluded, and where the step's time goes (`phases_ms`: see bench/phases.py). Batch
+    size: the paper's unless given. One warm-up step, then the median.
     `announce` receives a line saying what is timed, once the arguments are checked."""
     import torch
     from torch.utils.data import DataLoader
 
     from affcli import models
+    from affcli.bench.phases import step_phases
     from affcli.engine.trainer import TrainStep
 
     classes = [models.model_class(name) for name in names]  # unknown names fail before any work
@@ -425,10 +531,14 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
                 opt.step()
 
             seconds = _median_ms(one, steps) / 1000
+            # then the same steps again with the parts timed (the hooks cost a little, so
+            # the step time above is measured without them)
+            phases = step_phases(model, lambda step=step, batch=batch: step(batch), opt, steps,
+                                 warm_up=False)
             rows.append({"model": name, "dataset": kind, "batch_size": bs,
                          "clouds_per_sample": int(recipe.get("pairing_num", 1)),
                          "points": ds.num_points, "step_s": seconds,
-                         "samples_per_s": bs / seconds,
+                         "samples_per_s": bs / seconds, "phases_ms": phases,
                          "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                      if p.requires_grad)})
     return rows

@@ -86,6 +86,17 @@ def conditioning_args(model_type: str, folder: Path) -> list[str]:
     return args
 
 
+def conditioning_values(cond_args: list[str]) -> dict[str, Any]:
+    """`conditioning_args` as the predictor's Conditioning takes them (input name -> value)."""
+    from affcli.models.inputs import parse_box
+
+    values: dict[str, Any] = {}
+    for option, value in zip(cond_args[::2], cond_args[1::2], strict=True):
+        name = option.removeprefix("--").replace("-", "_")
+        values[name] = parse_box(value, option) if name.endswith("_box") else value
+    return values
+
+
 def _wall(cmd: list[str], expect: tuple[int, ...] = (0,)) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -101,13 +112,9 @@ def batched_forward_s(model_dir: Path, cond_args: list[str], clouds: list[Path],
     """The model's own forward per shape: the predictor's batched call on the prepared
     clouds of `clouds` (reading, sampling and writing excluded), median over repeats."""
     from affcli.engine import predictor as P
-    from affcli.models.inputs import parse_box
 
-    values: dict[str, Any] = {}
-    for option, value in zip(cond_args[::2], cond_args[1::2], strict=True):
-        name = option.removeprefix("--").replace("-", "_")
-        values[name] = parse_box(value, option) if name.endswith("_box") else value
-    pred = P.Predictor.load(model_dir, P.Conditioning(**values), "cpu", batch_size)
+    pred = P.Predictor.load(model_dir, P.Conditioning(**conditioning_values(cond_args)), "cpu",
+                            batch_size)
     prepared = [P.prepare_shape(p, pred.n_points).sample for p in clouds[:batch_size]]
     pred.score_variants(prepared)  # the first call pays one-off set-up
     times = []

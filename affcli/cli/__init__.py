@@ -81,6 +81,7 @@ def _register() -> None:
     from affcli.cli import (
         bench,
         compare,
+        doctor,
         export,
         import_checkpoint,
         model_list,
@@ -99,6 +100,7 @@ def _register() -> None:
     bench.register(app)
     compare.register(app)
     plot.register(app)
+    doctor.register(app)
 
 
 _register()

@@ -129,7 +129,9 @@ def train_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Samples/s of a training step (forward, loss, backward, optimizer) per model."""
+    """Samples/s of a training step (forward, loss, backward, optimizer) per model, and where
+    its time goes: forward and backward of each part of the model (its top-level modules:
+    point encoder, text or image backbone, decoder blocks), the loss and the optimizer."""
     from affcli import models
     from affcli.bench.runs import bench_train
 
@@ -143,7 +145,25 @@ def train_cmd(
                "samples/s"],
               [(r["model"], r["dataset"], r["batch_size"], r["clouds_per_sample"], r["points"],
                 f"{r['step_s']:.2f}", f"{r['samples_per_s']:.2f}") for r in rows])
+    for r in rows:
+        rep.table(f"{r['model']}: where a step's time goes (batch {r['batch_size']}, "
+                  f"{r['points']} points)",
+                  ["part", "forward ms", "backward ms", "ms", "share"],
+                  _phase_rows(r["phases_ms"]),
+                  caption=f"one timed step {r['phases_ms']['step']:.0f} ms (with the timing "
+                  "hooks)")
     rep.result({"benchmark": "train", "rows": rows})
+
+
+def _phase_rows(ph: dict) -> list[tuple[str, ...]]:
+    """bench/phases.py's figures as table rows, the largest first."""
+    parts = [(name, t["forward"], t["backward"]) for name, t in ph["parts"].items()]
+    parts.append(("loss and the rest", ph["loss"]["forward"], ph["loss"]["backward"]))
+    total = ph["step"] or 1.0
+    rows = [(name, f"{f:.0f}", f"{b:.0f}", f + b) for name, f, b in parts]
+    rows.append(("optimizer step", "", "", ph["optimizer"]))
+    return [(*row[:3], f"{row[3]:.0f}", f"{100 * row[3] / total:.0f} %")
+            for row in sorted(rows, key=lambda row: -row[3])]
 
 
 @bench_app.command("predict")

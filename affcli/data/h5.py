@@ -145,7 +145,10 @@ def _write_contents(prep: Prepared, f: h5py.File) -> None:
     man.create_dataset("sha256", data=np.array([prep.manifest.entries[p][1] for p in paths],
                                                dtype=object), dtype=_STR)
     for split, data in prep.splits.items():
-        _write_split(f.create_group(split), data, prep.num_points)
+        # a split without samples (a synthetic subset of classes too small to fill it) is
+        # left out: readers then name the missing split instead of meeting empty arrays
+        if len(data.sample_shape):
+            _write_split(f.create_group(split), data, prep.num_points)
 
 
 def _write_split(g: h5py.Group, d: SplitData, n: int) -> None:

@@ -4,7 +4,10 @@ each global batch over them, and the few collectives the engine needs.
 `affcli train ... --nproc K` relaunches itself under `torch.distributed.run` (torchrun), so a
 single-node run and a multi-node run started by hand with torchrun take the same path: the
 environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...) says where a process stands.
-NCCL is used when the processes own GPUs, gloo on the CPU.
+NCCL carries the CUDA tensors when the processes own GPUs, gloo everything else (the CPU
+tensors and Python objects of the collectives below, and all of it on the CPU). A process
+torchrun started joins a process group even when it is the only one, so one GPU runs the path
+several take (DistributedDataParallel, NCCL): what `affcli doctor --gpu` checks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from torch.utils.data import Sampler
 
 from affcli.errors import AffError
 
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every process it starts
+
 
 @dataclass(frozen=True)
 class Process:
@@ -29,6 +34,7 @@ class Process:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    grouped: bool = False  # in a process group although alone (started by torchrun)
 
     @property
     def main(self) -> bool:
@@ -36,7 +42,7 @@ class Process:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.grouped
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -63,8 +69,11 @@ def setup(device: str) -> Process:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+    launched = TORCHRUN_ENV in os.environ
+    if (world > 1 or launched) and not dist.is_initialized():
+        # NCCL takes CUDA tensors only: the CPU tensors and objects the engine all-reduces
+        # and gathers (losses, flags, predictions) need gloo beside it
+        backend = "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend)
@@ -74,7 +83,8 @@ def setup(device: str) -> Process:
             share = max(1, (os.cpu_count() or 1) // local_world)
             torch.set_num_threads(share)
             _limit_numba_threads(share)
-    return Process(rank=rank, world=world, local_rank=local_rank, device=dev)
+    return Process(rank=rank, world=world, local_rank=local_rank, device=dev,
+                   grouped=launched and dist.is_initialized())
 
 
 def _limit_numba_threads(n: int) -> None:
@@ -203,9 +213,9 @@ class ShardSampler(Sampler[list[int]]):
             yield self.indices[i:i + self.batch_size]
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run `affcli <argv>` in `nproc` processes under torchrun on this machine; returns its
-    exit code."""
+def launch_command(nproc: int, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run `affcli <argv>` in `nproc` processes under
+    torchrun on this machine."""
     if nproc < 1:
         raise AffError("--nproc", f"must be at least 1, got {nproc}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -215,4 +225,11 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     # both thread pools: numba's CPU ops would otherwise each take every core as well
     env.setdefault("OMP_NUM_THREADS", share)
     env.setdefault("NUMBA_NUM_THREADS", share)
+    return cmd, env
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run `affcli <argv>` in `nproc` processes under torchrun on this machine; returns its
+    exit code."""
+    cmd, env = launch_command(nproc, argv)
     return subprocess.call(cmd, env=env)

@@ -52,10 +52,18 @@ def to_device(batch: dict[str, Any], device: torch.device,
     return out
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """Mixed precision's dtype: bfloat16 where the GPU computes in it (float32's range, so
+    no gradient scaling), else float16 (with a GradScaler in training)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
 def voted_heatmap(model: torch.nn.Module, batch: dict[str, Any], votes: int) -> torch.Tensor:

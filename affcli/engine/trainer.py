@@ -36,7 +36,14 @@ from affcli.engine import checkpoint as ckpt
 from affcli.engine import distributed as D
 from affcli.engine import tracking
 from affcli.engine.evalplots import write_eval_plots
-from affcli.engine.evaluator import autocast, constant_baseline, predict, score, to_device
+from affcli.engine.evaluator import (
+    amp_dtype,
+    autocast,
+    constant_baseline,
+    predict,
+    score,
+    to_device,
+)
 from affcli.engine.recipes import TrainConfig, better, learning_rate
 from affcli.engine.results import write_results
 from affcli.errors import AffError
@@ -194,7 +201,9 @@ class Trainer:
         self.model.to(proc.device, dtype=self.dtype)
         self.optimizer = self._optimizer()
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp)
+        # gradient scaling guards float16's narrow range; bfloat16 needs none
+        self.scaler = torch.amp.GradScaler(
+            proc.device.type, enabled=self.amp and amp_dtype(proc.device) == torch.float16)
 
         carve = self.carve
         self.train_set = open_dataset(data, "train", seed=cfg.seed, pairing_num=cfg.pairing_num,
@@ -285,7 +294,7 @@ class Trainer:
         load_state(self.model, doc["model"], run_dir / ckpt.LAST)
         try:
             self.optimizer.load_state_dict(doc["optimizer"])
-            if doc.get("scaler"):
+            if doc.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(doc["scaler"])
         except (ValueError, KeyError) as exc:
             raise AffError(run_dir / ckpt.LAST, f"optimizer state does not fit ({exc})") from None
@@ -372,7 +381,7 @@ class Trainer:
             "model_config": self.model.config.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.amp else {},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "state": {"epoch": s.epoch, "step": s.step, "global_step": s.global_step,
                       "best_score": s.best_score, "best_epoch": s.best_epoch,
                       "step_losses": list(s.step_losses), "skipped": s.skipped,

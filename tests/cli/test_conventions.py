@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -230,6 +231,16 @@ def test_bench_train_runs(run_cli):
     assert 0 < row["step_s"] < math.inf and 0 < row["samples_per_s"] < math.inf
     # the point encoder (506,680 weights at any cloud size) and more are trained
     assert row["trainable_parameters"] > 506_680
+    # where the time goes: every part of the model, forward and backward; the parts, the
+    # loss's rest and the optimizer add up to the timed step, and the parts take most of it
+    ph = row["phases_ms"]
+    assert set(ph["parts"]) == {"text_encoder", "text_resizer", "point_encoder", "fusion",
+                                "decoder", "fp3", "fp2", "fp1"}
+    assert all(t["forward"] > 0 and t["backward"] > 0 for t in ph["parts"].values())
+    parts = sum(t["forward"] + t["backward"] for t in ph["parts"].values())
+    rest = ph["loss"]["forward"] + ph["loss"]["backward"] + ph["optimizer"]
+    assert parts + rest == pytest.approx(ph["step"], rel=0.02)
+    assert parts > 0.7 * ph["step"]
 
 
 def test_bench_train_bad_options_exit_2(run_cli):
@@ -282,3 +293,25 @@ def test_predict_help_and_usage_errors_do_not_import_torch(tmp_path):
     assert run("predict", "--help") == "False 0"
     assert run("predict", "mug.ply", "--no-such-option") == "False 2"
     assert run("--help") == "False 0"
+
+
+def test_synth_classes_subset_and_an_empty_split_left_out(tmp_path, run_cli):
+    """--classes keeps those classes (any case); a split the subset leaves empty (here val)
+    is left out of the prepared file rather than written empty; unknown names exit 2."""
+    from affcli.data.h5 import read_info
+
+    code, out, err = run_cli("synth", "laso", tmp_path / "raw", "-k", "2", "--classes",
+                             "table,Display", "--json")
+    assert code == 0, err
+    assert json.loads(out)["classes"] == ["Table", "Display"]
+    code, _, err = run_cli("prepare", "laso", "--root", tmp_path / "raw", "--out",
+                           tmp_path / "x.h5", "--quiet")
+    assert code == 0, err
+    info = read_info(tmp_path / "x.h5")
+    assert sorted(info.splits) == ["test", "train"]
+    with h5py.File(tmp_path / "x.h5") as f:
+        objects = {info.object_names[i] for s in info.splits for i in f[s]["samples/object"][:]}
+    assert objects == {"Table", "Display"}
+    code, _, err = run_cli("synth", "laso", tmp_path / "bad", "--classes", "Mug,Teapot")
+    assert code == 2 and "--classes" in err and "Teapot" in err
+    assert not (tmp_path / "bad").exists()

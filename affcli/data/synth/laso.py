@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +47,12 @@ def _dump(path: Path, obj: object) -> None:
     path.write_bytes(pickle.dumps(obj, protocol=4))
 
 
-def write_laso(out: Path, seed: int, k: int, progress: Callable[[int], None] | None = None
-               ) -> dict[str, int]:
-    """Write `out/Seen` and `out/Unseen`; returns sample counts per setting/split."""
+def write_laso(out: Path, seed: int, k: int, progress: Callable[[int], None] | None = None,
+               classes: Sequence[str] = SYNTH_CLASSES) -> dict[str, int]:
+    """Write `out/Seen` and `out/Unseen` (the objects of `classes` only); returns sample
+    counts per setting/split."""
     shapes: dict[tuple[str, int], tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
-    for c in SYNTH_CLASSES:
+    for c in classes:
         for i in range(k):
             s = shape_instance(seed, c, i)
             labels = {laso_affordance(a): v for a, v in s.labels.items()}
@@ -67,7 +68,7 @@ def write_laso(out: Path, seed: int, k: int, progress: Callable[[int], None] | N
         for split in SPLITS:
             anno: list[dict[str, object]] = []
             objects: dict[str, np.ndarray] = {}
-            for c in SYNTH_CLASSES:
+            for c in classes:
                 for i in _instances(setting, split, plans[c], k):
                     sid, points, labels = shapes[(c, i)]
                     for a in sorted(labels):

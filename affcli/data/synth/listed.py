@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +52,8 @@ class _Plan:
     images_per_pair: dict[str, int]
 
 
-def _plan(setting: str, k: int) -> _Plan:
-    classes = [c for c in SEEN_ORDER if c in SYNTH_CLASSES]
+def _plan(setting: str, k: int, chosen: Sequence[str] = SYNTH_CLASSES) -> _Plan:
+    classes = [c for c in SEEN_ORDER if c in chosen]
     if setting == "Seen":
         train_cls, test_cls = classes, classes
         per = {c: split_shapes(k, ci, val_share=False) for ci, c in enumerate(classes)}
@@ -62,7 +62,7 @@ def _plan(setting: str, k: int) -> _Plan:
         n_img = {"train": max(1, k // 2), "test": max(1, k // 5)}
     else:
         # Unseen: whole classes are withheld from training and make up the test split.
-        train_cls = [c for c in UNSEEN_TRAIN_ORDER if c in SYNTH_CLASSES]
+        train_cls = [c for c in UNSEEN_TRAIN_ORDER if c in chosen]
         test_cls = [c for c in classes if c in PIAD_UNSEEN_TEST_CLASSES]
         shapes = {"train": {c: list(range(k)) for c in train_cls},
                   "test": {c: list(range(k)) for c in test_cls}}
@@ -121,15 +121,17 @@ def rotated_view(shape: SynthShape, rng: np.random.Generator) -> SynthShape:
 
 
 def write_listed(dataset: str, out: Path, seed: int, k: int,
-                 progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Write PIAD (`out/{Seen,Unseen}`) or AGPIL (`out/<View>_view/{Seen,Unseen}`)."""
+                 progress: Callable[[int], None] | None = None,
+                 classes: Sequence[str] = SYNTH_CLASSES) -> dict[str, int]:
+    """Write PIAD (`out/{Seen,Unseen}`) or AGPIL (`out/<View>_view/{Seen,Unseen}`), the
+    objects of `classes` only."""
     views = ("",) if dataset == "piad" else VIEWS
     counts: dict[str, int] = {}
     photo_cache: dict[tuple, tuple[bytes, tuple, tuple, tuple[int, int], bool]] = {}
     for view in views:
         for setting in ("Seen", "Unseen"):
             base_rel = f"{view}_view/{setting}" if view else setting
-            plan = _plan(setting, k)
+            plan = _plan(setting, k, classes)
             for split in ("train", "test"):
                 n = _write_split(dataset, out, base_rel, view, setting, split, plan, seed,
                                  photo_cache, progress)
@@ -137,15 +139,15 @@ def write_listed(dataset: str, out: Path, seed: int, k: int,
     return counts
 
 
-def total_work(dataset: str, k: int) -> int:
+def total_work(dataset: str, k: int, classes: Sequence[str] = SYNTH_CLASSES) -> int:
     """Progress units write_listed reports (one per point file and per image)."""
     views = 1 if dataset == "piad" else len(VIEWS)
     total = 0
     for setting in ("Seen", "Unseen"):
-        plan = _plan(setting, k)
-        for split, classes in (("train", plan.train_classes), ("test", plan.test_classes)):
-            total += sum(len(plan.shapes[split][c]) for c in classes)
-            total += sum(len(piad_affordances(c)) for c in classes) * plan.images_per_pair[split]
+        plan = _plan(setting, k, classes)
+        for split, names in (("train", plan.train_classes), ("test", plan.test_classes)):
+            total += sum(len(plan.shapes[split][c]) for c in names)
+            total += sum(len(piad_affordances(c)) for c in names) * plan.images_per_pair[split]
     return total * views
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,36 +25,45 @@ def synthesize(
     shapes_per_class: int = DEFAULT_SHAPES_PER_CLASS,
     force: bool = False,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Write the dataset to `out`; returns the number of samples per setting/split (for
-    `shapes`: the number of files)."""
+    `shapes`: the number of files). `classes` keeps only those object classes (default: all
+    of SYNTH_CLASSES): a set small enough to build in seconds, for checks that only need
+    every code path to see some data (`affcli doctor`)."""
     if dataset not in KINDS:
         raise AffError("DATASET", f"unknown dataset {dataset!r} (choose {', '.join(KINDS)})")
+    chosen = tuple(SYNTH_CLASSES if classes is None else classes)
+    unknown = [c for c in chosen if c not in SYNTH_CLASSES]
+    if unknown or not chosen:
+        raise AffError("classes", f"unknown or no object classes {unknown or list(chosen)} "
+                       f"(choose from {', '.join(SYNTH_CLASSES)})")
     least = 1 if dataset == "shapes" else 2  # datasets need a train and a test instance
     if shapes_per_class < least:
         raise AffError("--shapes-per-class",
                        f"must be at least {least}, got {shapes_per_class}")
     with output_dir(out, force) as tmp:
         if dataset == "shapes":
-            progress = progress_factory(len(SYNTH_CLASSES) * shapes_per_class) \
+            progress = progress_factory(len(chosen) * shapes_per_class) \
                 if progress_factory else None
-            return {"shapes": write_shape_files(tmp, seed, shapes_per_class, progress)}
+            return {"shapes": write_shape_files(tmp, seed, shapes_per_class, progress, chosen)}
         if dataset == "laso":
             from affcli.data.synth.laso import write_laso
 
-            progress = progress_factory(len(SYNTH_CLASSES) * shapes_per_class) \
+            progress = progress_factory(len(chosen) * shapes_per_class) \
                 if progress_factory else None
-            return write_laso(tmp, seed, shapes_per_class, progress)
+            return write_laso(tmp, seed, shapes_per_class, progress, chosen)
         # The image renderer is needed only by the listed (image) datasets.
         from affcli.data.synth.listed import total_work, write_listed
 
-        progress = progress_factory(total_work(dataset, shapes_per_class)) \
+        progress = progress_factory(total_work(dataset, shapes_per_class, chosen)) \
             if progress_factory else None
-        return write_listed(dataset, tmp, seed, shapes_per_class, progress)
+        return write_listed(dataset, tmp, seed, shapes_per_class, progress, chosen)
 
 
 def write_shape_files(out: Path, seed: int, per_class: int,
-                      progress: Callable[[int], None] | None = None) -> int:
+                      progress: Callable[[int], None] | None = None,
+                      classes: Sequence[str] = SYNTH_CLASSES) -> int:
     """`<class>_<i>.ply` (binary, x y z only) per class: objects as a user's scan would give
     them, in their own units and place (a random size of 0.2-2 and offset), to try
     `affcli predict` on. Returns the number of files."""
@@ -62,7 +71,8 @@ def write_shape_files(out: Path, seed: int, per_class: int,
     from affcli.data.synth.common import rng_for, shape_instance
 
     n = 0
-    for ci, name in enumerate(SYNTH_CLASSES):
+    for name in classes:
+        ci = SYNTH_CLASSES.index(name)
         for i in range(per_class):
             points = shape_instance(seed, name, i, STREAM_FILES, FILE_POINTS).points
             rng = rng_for(seed, STREAM_FILES, ci, i, 1)
