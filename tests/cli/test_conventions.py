@@ -122,14 +122,14 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(run_cli, monkeypatch, tmp
     real = synth_run.synthesize
     written: list[int] = []
 
-    def ctrl_c_midway(dataset, out, seed, k, force, progress_factory):
+    def ctrl_c_midway(dataset, out, seed, k, force, progress_factory, classes=None):
         def factory(total):
             def tick(n):
                 written.append(n)
                 if len(written) == 5:  # five shapes written
                     os.kill(os.getpid(), signal.SIGINT)
             return tick
-        return real(dataset, out, seed, k, force, factory)
+        return real(dataset, out, seed, k, force, factory, classes)
 
     monkeypatch.setattr(synth_run, "synthesize", ctrl_c_midway)
     code, out, err = run_cli("synth", "laso", tmp_path / "o", "-k", "2")
