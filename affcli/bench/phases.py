@@ -3,18 +3,17 @@ and the optimizer step, so the next person speeding a model up starts from the f
 
 The parts are the model's own top-level submodules (`point_encoder`, `text_encoder`,
 `img_encoder`, `decoder`, `fp1`...): whatever a model is made of, with no list of names to
-keep up to date. Forward time is measured between forward pre- and post-hooks; backward time
-between a part's full backward pre-hook (its output gradients are ready) and its backward hook
-(its input gradients are done). A part called several times (a fusion block between every
-level) sums its calls. What no part claims is reported as the loss (forward: the model's loss
-outside its parts, i.e. the loss functions and glue; backward: the rest of the backward pass).
-Times are wall-clock on the CPU (synchronised on CUDA), so they add up to the step.
+keep up to date. A part's forward is timed between its forward pre- and post-hooks; its
+backward is the sum of the autograd nodes its forward created, each timed between the node's
+pre-hook and hook (autograd runs one node at a time on the CPU, so nothing is counted twice).
+A part called several times (a fusion block between every level) sums its calls. What no part
+claims is the loss's row (the loss functions and the glue between parts, forward and
+backward). Times are wall-clock (synchronised on CUDA) and add up to the step.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -59,64 +58,49 @@ def _grad_tensors(value: Any) -> list[torch.Tensor]:
 
 
 class _Part:
-    """The hooks timing one part. A call's backward starts when the gradients of all its
-    outputs are ready; it ends when those of its inputs are done, or, for a part whose inputs
-    need no gradient (an encoder fed the data), when the last of its parameters' gradients
-    is. (Autograd may interleave parts whose backward can run at the same time; the figures
-    are then approximate, and what no part claims is left to the loss's row.)"""
+    """The hooks timing one part. Forward: between its forward pre- and post-hooks. Backward:
+    the autograd nodes its forward created (those reachable from its outputs without passing
+    its inputs) are timed one by one, between each node's pre-hook and hook; on the CPU the
+    engine runs one node at a time, so the figures are exclusive and add up."""
 
-    def __init__(self, name: str, module: nn.Module, clock: _Clock) -> None:
-        self.name, self.clock = name, clock
-        self.by_inputs = False
-        self.calls: list[float | None] = []  # per call: when its outputs' gradients were ready
-        self.params_done: float | None = None
+    def __init__(self, name: str, module: nn.Module, clock: _Clock, owned: set[Any]) -> None:
+        self.name, self.clock, self.owned = name, clock, owned
+        self.inputs: list[list[Any]] = []  # per open call: its inputs' grad_fn nodes
         self.handles = [module.register_forward_pre_hook(self._fwd_pre, with_kwargs=True),
                         module.register_forward_hook(self._fwd_post)]
-        params = [p for p in module.parameters() if p.requires_grad]
-        # a frozen part has no backward of its own (and a backward hook on it would make
-        # autograd track its outputs)
-        if params:
-            self.handles.append(module.register_full_backward_hook(self._bwd_post))
-            self.handles += [p.register_post_accumulate_grad_hook(self._param_done)
-                             for p in params]
+        self.node_handles: list[Any] = []
 
     def _fwd_pre(self, _module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        self.by_inputs = self.by_inputs or _needs_grad(args, kwargs)
+        self.inputs.append([t.grad_fn for t in _grad_tensors([args, kwargs])
+                            if t.grad_fn is not None])
         self.clock.start((self.name, "forward"))
 
     def _fwd_post(self, _module: nn.Module, _args: Any, out: Any) -> None:
         self.clock.stop((self.name, "forward"))
-        if not torch.is_grad_enabled() or not self.handles[2:]:
+        stop = set(self.inputs.pop())
+        if not torch.is_grad_enabled():
             return
-        call = len(self.calls)
-        self.calls.append(None)
-        for t in _grad_tensors(out):
-            t.register_hook(lambda g, call=call: self._output_grad(call))
+        self.clock.start(("", "hooks"))  # (the graph walk is the timer's, not the model's)
+        try:
+            self._own_nodes(out, stop)
+        finally:
+            self.clock.stop(("", "hooks"))
 
-    def _output_grad(self, call: int) -> None:
-        self.clock.sync()
-        self.calls[call] = time.perf_counter()  # the last output's gradient opens the call
-
-    def _bwd_post(self, _module: nn.Module, _gin: Any, _gout: Any) -> None:
-        if self.by_inputs:
-            opened = [i for i, t in enumerate(self.calls) if t is not None]
-            if opened:
-                self.clock.sync()
-                start = self.calls.pop(opened[-1])
-                self.clock.total[(self.name, "backward")] += time.perf_counter() - start
-
-    def _param_done(self, _param: torch.Tensor) -> None:
-        self.params_done = time.perf_counter()
-
-    def finish_backward(self) -> None:
-        """After the backward pass: close a call that its parameters' gradients end."""
-        opened = [t for t in self.calls if t is not None]
-        if not self.by_inputs and opened and self.params_done is not None:
-            self.clock.total[(self.name, "backward")] += self.params_done - min(opened)
-        self.calls, self.params_done = [], None
+    def _own_nodes(self, out: Any, stop: set[Any]) -> None:
+        todo = [t.grad_fn for t in _grad_tensors(out) if t.grad_fn is not None]
+        key = (self.name, "backward")
+        while todo:
+            node = todo.pop()
+            if node is None or node in stop or node in self.owned:
+                continue
+            self.owned.add(node)
+            self.node_handles += [
+                node.register_prehook(lambda _g, key=key: self.clock.start(key)),
+                node.register_hook(lambda _gi, _go, key=key: self.clock.stop(key))]
+            todo.extend(n for n, _ in node.next_functions)
 
     def remove(self) -> None:
-        for h in self.handles:
+        for h in self.handles + self.node_handles:
             h.remove()
 
 
@@ -132,28 +116,22 @@ def step_phases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
     parts = [(n, m) for n, m in model.named_children() if any(True for _ in m.parameters())]
     samples: list[dict[tuple[str, str], float]] = []
     for i in range(steps + int(warm_up)):
-        clock = _Clock(device)
-        timers = [_Part(name, part, clock) for name, part in parts]
-        with warnings.catch_warnings():
-            # a part whose output is not a tensor (a list of levels, an output object) has
-            # no input-gradient hook: its backward ends at its parameters' gradients
-            warnings.filterwarnings("ignore", message="For backward hooks to be called")
-            try:
-                optimizer.zero_grad(set_to_none=True)
-                clock.start(("", "forward"))
-                loss = loss_fn()
-                clock.stop(("", "forward"))
-                clock.start(("", "backward"))
-                loss.backward()
-                clock.stop(("", "backward"))
-                for t in timers:
-                    t.finish_backward()
-                clock.start(("", "optimizer"))
-                optimizer.step()
-                clock.stop(("", "optimizer"))
-            finally:
-                for t in timers:
-                    t.remove()
+        clock, owned = _Clock(device), set()
+        timers = [_Part(name, part, clock, owned) for name, part in parts]
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            clock.start(("", "forward"))
+            loss = loss_fn()
+            clock.stop(("", "forward"))
+            clock.start(("", "backward"))
+            loss.backward()
+            clock.stop(("", "backward"))
+            clock.start(("", "optimizer"))
+            optimizer.step()
+            clock.stop(("", "optimizer"))
+        finally:
+            for t in timers:
+                t.remove()
         if i or not warm_up:  # a warm-up step: allocations, numba and kernel caches
             samples.append(dict(clock.total))
 
@@ -163,7 +141,8 @@ def step_phases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
 
     table = {name: {"forward": median((name, "forward")), "backward": median((name, "backward"))}
              for name, _ in parts}
-    forward, backward = median(("", "forward")), median(("", "backward"))
+    forward = median(("", "forward")) - median(("", "hooks"))
+    backward = median(("", "backward"))
     claimed_f = sum(p["forward"] for p in table.values())
     claimed_b = sum(p["backward"] for p in table.values())
     optimizer_ms = median(("", "optimizer"))
