@@ -497,8 +497,12 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
     for name, cls in zip(names, classes, strict=True):
         if not cls.dataset_kinds:
             raise AffError("--model", f"{name} declares no dataset kinds to train on")
+    from affcli.memory import keep_freed_memory
+
+    kept = keep_freed_memory()
     if announce is not None:
-        announce(f"timing {', '.join(names)} on {torch.get_num_threads()} CPU threads ...")
+        announce(f"timing {', '.join(names)} on {torch.get_num_threads()} CPU threads"
+                 f"{'' if kept else ' (glibc returns freed memory: AFFCLI_MALLOC=system)'} ...")
     rows = []
     with tempfile.TemporaryDirectory(prefix="affcli-bench-train-") as tmp:
         made: dict[str, Path] = {}
@@ -538,6 +542,7 @@ def bench_train(names: Sequence[str], batch_size: int | None = None, steps: int 
             rows.append({"model": name, "dataset": kind, "batch_size": bs,
                          "clouds_per_sample": int(recipe.get("pairing_num", 1)),
                          "points": ds.num_points, "step_s": seconds,
+                         "freed_memory_kept": kept,
                          "samples_per_s": bs / seconds, "phases_ms": phases,
                          "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                      if p.requires_grad)})

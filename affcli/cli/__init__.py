@@ -114,6 +114,9 @@ def current_args() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from affcli.memory import keep_freed_memory
+
+    keep_freed_memory()
     args = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere on the line; the root callback documents it.
     debug = "--debug" in args or os.environ.get("AFFCLI_DEBUG", "") not in ("", "0")

@@ -22,6 +22,7 @@ from affcli.data.datasets import H5Dataset
 from affcli.engine.distributed import Process, ShardSampler, gather
 from affcli.errors import AffError
 from affcli.fileio import atomic_output
+from affcli.memory import keep_freed_memory
 
 
 @dataclass
@@ -93,6 +94,7 @@ def predict(model: torch.nn.Module, dataset: H5Dataset, batch_size: int, proc: P
             votes: int = 1, limit: int = 0) -> Predictions | None:
     """Heatmaps of every sample of `dataset` (the first `limit` when > 0; rank 0 gets all of
     them, None elsewhere), each the mean of `votes` seeded passes (`voted_heatmap`)."""
+    keep_freed_memory()
     if batch_size < 1:
         raise AffError("--batch-size", f"must be at least 1, got {batch_size}")
     if votes < 1:

@@ -31,6 +31,7 @@ import torch
 
 from affcli.errors import AffError
 from affcli.fileio import DiskFullError
+from affcli.memory import keep_freed_memory
 
 RUNS_ROOT = Path("runs")
 RESAMPLE_SEED = 0  # fixed: the same file gives the same cloud, hence the same scores
@@ -387,6 +388,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, conditioning: Conditioning | Sequence[Conditioning],
                  device: str | torch.device = "cpu", batch_size: int = 8,
                  source: Path | None = None) -> None:
+        keep_freed_memory()
         check_batch_size(batch_size)
         self.model_type = str(model.config.model_type)
         # several conditionings (questions) score every shape, encoded once, under each

@@ -48,6 +48,7 @@ from affcli.engine.recipes import TrainConfig, better, learning_rate
 from affcli.engine.results import write_results
 from affcli.errors import AffError
 from affcli.fileio import DiskFullError, atomic_output, jsonable, write_json
+from affcli.memory import keep_freed_memory
 from affcli.models.config import load_state
 
 
@@ -157,6 +158,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, proc: D.Process, hooks: Hooks | None = None,
                  resume: Path | None = None, force: bool = False) -> None:
+        keep_freed_memory()
         self.cfg, self.proc, self.hooks = cfg, proc, hooks or {}
         self.force = force  # resume on a data file that changed since the run started
         self.state = State()

@@ -51,8 +51,15 @@ class MultiheadAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """query [B, L, Dq], key / value [B, S, D], key_padding_mask [B, S] (True = ignore)
         -> [B, L, out_dim]."""
-        b, length, _ = query.shape
-        h = self.num_heads
+        length, keys = query.shape[1], key.shape[1]
+        # (dropped attention weights no longer sum to one, so the value bias would not fold)
+        dropping = self.training and self.attn_drop > 0
+        if self.k_lin is not None and self._fold_pays(keys, length) and not (
+                dropping and self.v_lin is not None and self.v_lin.bias is not None):
+            return self._few_queries(query, key, value, key_padding_mask)
+        if self.q_lin is not None and self.out_lin is not None and self._fold_pays(length, keys):
+            return self._few_keys(query, key, value, key_padding_mask)
+        b, h = query.shape[0], self.num_heads
 
         def heads(x: torch.Tensor, lin: nn.Linear | None) -> torch.Tensor:
             if lin is not None:
@@ -68,6 +75,83 @@ class MultiheadAttention(nn.Module):
             scale=self.scale)
         out = out.transpose(1, 2).reshape(b, length, -1)
         return self.out_lin(out) if self.out_lin is not None else out
+
+    # Attention is linear in each projection, so a projection of the long side can be moved
+    # onto the short side: q·(W_k x) = (W_k^T q)·x, and A (W_v x) = W_v (A x) since A's rows
+    # sum to one. With 40 text tokens against thousands of points (PointRefer's decoder and
+    # fusion blocks), that replaces a [points x D x D] product per projection with a
+    # [tokens x D x D] one. The function is the same; only the rounding order differs.
+
+    def _fold_pays(self, long: int, short: int) -> bool:
+        """Whether moving a D x D projection from `long` rows to `short` rows saves work:
+        plain S·D² + L·S·D against L·D² + heads·L·S·D multiply-adds (per projection)."""
+        d = self.dim
+        return long * d * (d + short) > short * d * (d + self.num_heads * long)
+
+    def _softmax(self, scores: torch.Tensor, key_padding_mask: torch.Tensor | None
+                 ) -> torch.Tensor:
+        """Attention weights from raw logits [B, H, L, S] (scaled, masked, dropout)."""
+        scores = scores * self.scale
+        if key_padding_mask is not None:
+            pad = key_padding_mask.bool().view(scores.shape[0], 1, 1, -1)
+            scores = scores.masked_fill(pad, float("-inf"))
+        attn = scores.softmax(dim=-1)
+        if self.training and self.attn_drop > 0:
+            attn = F.dropout(attn, self.attn_drop)
+        return attn
+
+    def _few_queries(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Few queries over many keys: the key and value projections act on the queries'
+        side (values without a projection are split into heads as they are)."""
+        b, length, _ = query.shape
+        h, keys, d = self.num_heads, key.shape[1], key.shape[2]
+        q = self.q_lin(query) if self.q_lin is not None else query
+        q = q.view(b, length, h, -1)
+        wk = self.k_lin.weight.view(h, -1, d)  # [H, Dh, D]
+        q_in = torch.einsum("blhe,hed->bhld", q, wk)
+        scores = torch.bmm(q_in.reshape(b, h * length, d), key.transpose(1, 2))
+        scores = scores.view(b, h, length, keys)
+        if self.k_lin.bias is not None:
+            # q·b_k: one constant per query row, which softmax ignores; added all the same so
+            # that the bias keeps its (zero) gradient and an optimizer treats it as before
+            scores = scores + torch.einsum("blhe,he->bhl", q, self.k_lin.bias.view(h, -1)
+                                           ).unsqueeze(-1)
+        attn = self._softmax(scores, key_padding_mask)
+        if self.v_lin is None:
+            out = torch.einsum("bhls,bshe->blhe", attn, value.view(b, keys, h, -1))
+            out = out.reshape(b, length, -1)
+            return self.out_lin(out) if self.out_lin is not None else out
+        mixed = torch.bmm(attn.reshape(b, h * length, keys), value).view(b, h, length, d)
+        wv = self.v_lin.weight.view(h, -1, d)
+        out = torch.einsum("bhld,hed->blhe", mixed, wv).reshape(b, length, -1)
+        if self.v_lin.bias is not None:
+            out = out + self.v_lin.bias
+        return self.out_lin(out) if self.out_lin is not None else out
+
+    def _few_keys(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Many queries over few keys: the query and output projections act on the keys'
+        side."""
+        b, length, dq = query.shape
+        h, keys = self.num_heads, key.shape[1]
+        k = self.k_lin(key) if self.k_lin is not None else key
+        v = self.v_lin(value) if self.v_lin is not None else value
+        k, v = k.view(b, keys, h, -1), v.view(b, keys, h, -1)
+        wq = self.q_lin.weight.view(h, -1, dq)  # [H, Dh, Dq]
+        k_in = torch.einsum("bshe,hed->bhsd", k, wq).reshape(b, h * keys, dq)
+        scores = torch.bmm(query, k_in.transpose(1, 2)).view(b, length, h, keys)
+        if self.q_lin.bias is not None:  # b_q·k: one constant per key
+            scores = scores + torch.einsum("bshe,he->bhs", k, self.q_lin.bias.view(h, -1)
+                                           ).unsqueeze(1)
+        attn = self._softmax(scores.transpose(1, 2), key_padding_mask)  # [B, H, L, S]
+        lin = self.out_lin[0]
+        wo = lin.weight.view(lin.out_features, h, -1)  # [Do, H, Dh]
+        v_out = torch.einsum("bshe,ohe->bhso", v, wo).reshape(b, h * keys, -1)
+        out = torch.bmm(attn.transpose(1, 2).reshape(b, length, h * keys), v_out)
+        if lin.bias is not None:
+            out = out + lin.bias
+        return self.out_lin[1](out)
 
 
 def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
