@@ -24,6 +24,19 @@ def focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, ga
     return (neg + pos).mean()
 
 
+def focal_loss_from_logits(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+                           gamma: float = 2.0) -> torch.Tensor:
+    """The focal term of `focal_loss` for pred = sigmoid(logits), its logarithms taken from
+    the logits. Equal in value where the sigmoid is not saturated, but where it is (|logit|
+    above ~17 in float32 rounds the sigmoid to exactly 0 or 1) the reference's form has no
+    gradient at all, so a point scored wholly wrong never moves; here it keeps a gradient of
+    about alpha or 1 - alpha."""
+    pred = torch.sigmoid(logits)
+    neg = -(1 - alpha) * pred.pow(gamma) * (1 - target) * F.logsigmoid(-logits)
+    pos = -alpha * (1 - pred).pow(gamma) * target * F.logsigmoid(logits)
+    return (neg + pos).mean()
+
+
 def dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of 1.5 - dice(positive) - dice(negative), as the reference. Its
     dice terms have no factor 2 in the numerator, so each is at most 0.5 and a perfect
@@ -37,13 +50,17 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.5 - dice_pos - dice_neg).mean()
 
 
-def heatmap_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Focal + dice for heatmaps [B, N] (or [B, N, 1])."""
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, logits: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Focal + dice for heatmaps [B, N] (or [B, N, 1]); given the `logits` pred is the
+    sigmoid of, the focal term is taken from them (`focal_loss_from_logits`)."""
     if pred.dim() == 3:
         pred, target = pred.squeeze(-1), target.squeeze(-1)
+        logits = None if logits is None else logits.squeeze(-1)
     if pred.shape != target.shape:
         raise ValueError(f"pred {list(pred.shape)} and target {list(target.shape)} differ")
-    return focal_loss(pred, target) + dice_loss(pred, target)
+    focal = focal_loss(pred, target) if logits is None else focal_loss_from_logits(logits, target)
+    return focal + dice_loss(pred, target)
 
 
 def kl_loss(p_features: torch.Tensor, q_features: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,29 @@ def test_heatmap_loss_by_hand():
         losses.heatmap_loss(torch.rand(2, 4), torch.rand(2, 5))
 
 
+def test_focal_from_logits_same_value_and_a_gradient_where_the_sigmoid_saturates():
+    """Unsaturated: the value of the reference's form (to its 1e-6 inside the logarithms).
+    Saturated (a float32 sigmoid of 20 is exactly 1, of -20 is 2e-9): the reference's form
+    has no gradient, or a vanishing one, for the wrongly scored points; the logits form about
+    1 - alpha or alpha."""
+    logits = torch.tensor([[2.0, -1.0, 0.3, -3.0], [0.5, 1.5, -0.2, 4.0]], dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.2, 1.0]], dtype=torch.float64)
+    ref = losses.heatmap_loss(torch.sigmoid(logits), target)
+    got = losses.heatmap_loss(torch.sigmoid(logits), target, logits)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+    saturated = torch.tensor([[20.0, 20.0, -20.0, -20.0]], requires_grad=True)
+    wrong = torch.tensor([[1.0, 0.0, 1.0, 0.0]])  # points 2 and 3 scored wholly wrong
+    losses.focal_loss(torch.sigmoid(saturated), wrong).backward()
+    assert saturated.grad[0, 1].item() == 0.0 and saturated.grad.abs().max().item() < 1e-3
+    saturated.grad = None
+    losses.focal_loss_from_logits(saturated, wrong).backward()
+    grad = saturated.grad[0] * 4  # (the mean over four points)
+    assert grad[1].item() == pytest.approx(0.75, rel=1e-3)  # pushed down
+    assert grad[2].item() == pytest.approx(-0.25, rel=1e-3)  # pushed up
+    assert abs(grad[0].item()) < 1e-6 and abs(grad[3].item()) < 1e-6  # right: left alone
+
+
 def test_kl_and_total_by_hand():
     p = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     q = np.array([[0.5, 0.5, 0.5], [1.0, 0.0, 2.0]])

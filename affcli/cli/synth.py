@@ -27,6 +27,9 @@ def synth_cmd(
     classes: Annotated[str | None, typer.Option(
         help="Only these object classes, comma-separated (e.g. Mug,Knife,Chair; default: all "
         "16). Each class's shapes and labels are the same as in the full set.")] = None,
+    affordances: Annotated[str | None, typer.Option(
+        help="LASO only: keep the samples of these affordances, comma-separated (e.g. "
+        "grasp,contain,cut,sit,move; default: every affordance of each class).")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -48,7 +51,7 @@ def synth_cmd(
     t0 = time.perf_counter()
     with rep.progress(f"synth {dataset}") as progress_factory:
         counts = synthesize(dataset.lower(), out, seed, shapes_per_class, force, progress_factory,
-                            chosen)
+                            chosen, None if affordances is None else affordances.split(","))
     seconds = round(time.perf_counter() - t0, 3)
     rep.table(f"synthetic {dataset.upper()}", ["setting/split", "samples"],
               list(counts.items()), caption=f"{out} · seed {seed} · k={shapes_per_class} "
@@ -59,4 +62,5 @@ def synth_cmd(
                  f"next: affcli prepare {dataset.lower()} --root {out}")
     rep.result({"dataset": dataset.lower(), "out": str(out), "seed": seed,
                 "shapes_per_class": shapes_per_class, "classes": chosen or list(SYNTH_CLASSES),
+                "affordances": affordances and [a.strip() for a in affordances.split(",")],
                 "samples": counts, "seconds": seconds})

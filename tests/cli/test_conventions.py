@@ -122,14 +122,15 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(run_cli, monkeypatch, tmp
     real = synth_run.synthesize
     written: list[int] = []
 
-    def ctrl_c_midway(dataset, out, seed, k, force, progress_factory, classes=None):
+    def ctrl_c_midway(dataset, out, seed, k, force, progress_factory, classes=None,
+                      affordances=None):
         def factory(total):
             def tick(n):
                 written.append(n)
                 if len(written) == 5:  # five shapes written
                     os.kill(os.getpid(), signal.SIGINT)
             return tick
-        return real(dataset, out, seed, k, force, factory, classes)
+        return real(dataset, out, seed, k, force, factory, classes, affordances)
 
     monkeypatch.setattr(synth_run, "synthesize", ctrl_c_midway)
     code, out, err = run_cli("synth", "laso", tmp_path / "o", "-k", "2")
@@ -314,4 +315,31 @@ def test_synth_classes_subset_and_an_empty_split_left_out(tmp_path, run_cli):
     assert objects == {"Table", "Display"}
     code, _, err = run_cli("synth", "laso", tmp_path / "bad", "--classes", "Mug,Teapot")
     assert code == 2 and "--classes" in err and "Teapot" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_synth_affordances_subset(tmp_path, run_cli):
+    """--affordances keeps only those affordances' samples (PIAD's spelling accepted); a
+    class left without any, an unknown name and a non-LASO set exit 2 and write nothing."""
+    from affcli.data.h5 import read_info
+
+    code, out, err = run_cli("synth", "laso", tmp_path / "raw", "-k", "2", "--classes",
+                             "Mug,Knife", "--affordances", "grasp,cut,wrapgrasp", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("prepare", "laso", "--root", tmp_path / "raw", "--out",
+                           tmp_path / "x.h5", "--quiet")
+    assert code == 0, err
+    info = read_info(tmp_path / "x.h5")
+    with h5py.File(tmp_path / "x.h5") as f:
+        pairs = {(info.object_names[o], info.affordance_names[a]) for s in info.splits
+                 for o, a in zip(f[s]["samples/object"][:], f[s]["samples/affordance"][:],
+                                 strict=True)}
+    assert pairs == {("Mug", "grasp"), ("Mug", "wrap_grasp"), ("Knife", "grasp"),
+                     ("Knife", "cut")}
+    for args, named in ((["--classes", "Mug,Chair", "--affordances", "grasp"], "Chair"),
+                        (["--classes", "Mug", "--affordances", "graps"], "graps")):
+        code, _, err = run_cli("synth", "laso", tmp_path / "bad", "-k", "2", *args)
+        assert code == 2 and "--affordances" in err and named in err, err
+    code, _, err = run_cli("synth", "piad", tmp_path / "bad", "-k", "2", "--affordances", "cut")
+    assert code == 2 and "only LASO" in err, err
     assert not (tmp_path / "bad").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +48,11 @@ def _dump(path: Path, obj: object) -> None:
 
 
 def write_laso(out: Path, seed: int, k: int, progress: Callable[[int], None] | None = None,
-               classes: Sequence[str] = SYNTH_CLASSES) -> dict[str, int]:
-    """Write `out/Seen` and `out/Unseen` (the objects of `classes` only); returns sample
-    counts per setting/split."""
+               classes: Sequence[str] = SYNTH_CLASSES,
+               affordances: Collection[str] | None = None) -> dict[str, int]:
+    """Write `out/Seen` and `out/Unseen` (the objects of `classes` only; with `affordances`,
+    LASO names, only the samples of those affordances); returns sample counts per
+    setting/split. The Unseen split keeps the full set's held-out pairs."""
     shapes: dict[tuple[str, int], tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
     for c in classes:
         for i in range(k):
@@ -72,6 +74,8 @@ def write_laso(out: Path, seed: int, k: int, progress: Callable[[int], None] | N
                 for i in _instances(setting, split, plans[c], k):
                     sid, points, labels = shapes[(c, i)]
                     for a in sorted(labels):
+                        if affordances is not None and a not in affordances:
+                            continue
                         if not _keep(setting, split, (c, a), held):
                             continue
                         anno.append({"shape_id": sid, "class": c.lower(), "affordance": a,

@@ -26,11 +26,14 @@ def synthesize(
     force: bool = False,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
     classes: Sequence[str] | None = None,
+    affordances: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Write the dataset to `out`; returns the number of samples per setting/split (for
     `shapes`: the number of files). `classes` keeps only those object classes (default: all
     of SYNTH_CLASSES): a set small enough to build in seconds, for checks that only need
-    every code path to see some data (`affcli doctor`)."""
+    every code path to see some data (`affcli doctor`). `affordances` (LASO only) keeps the
+    samples of those affordances: a set that teaches a few questions in a short training
+    (`make demo`); every chosen class must keep at least one."""
     if dataset not in KINDS:
         raise AffError("DATASET", f"unknown dataset {dataset!r} (choose {', '.join(KINDS)})")
     chosen = tuple(SYNTH_CLASSES if classes is None else classes)
@@ -38,6 +41,7 @@ def synthesize(
     if unknown or not chosen:
         raise AffError("classes", f"unknown or no object classes {unknown or list(chosen)} "
                        f"(choose from {', '.join(SYNTH_CLASSES)})")
+    kept = None if affordances is None else _affordances(dataset, chosen, affordances)
     least = 1 if dataset == "shapes" else 2  # datasets need a train and a test instance
     if shapes_per_class < least:
         raise AffError("--shapes-per-class",
@@ -52,13 +56,35 @@ def synthesize(
 
             progress = progress_factory(len(chosen) * shapes_per_class) \
                 if progress_factory else None
-            return write_laso(tmp, seed, shapes_per_class, progress, chosen)
+            return write_laso(tmp, seed, shapes_per_class, progress, chosen, kept)
         # The image renderer is needed only by the listed (image) datasets.
         from affcli.data.synth.listed import total_work, write_listed
 
         progress = progress_factory(total_work(dataset, shapes_per_class, chosen)) \
             if progress_factory else None
         return write_listed(dataset, tmp, seed, shapes_per_class, progress, chosen)
+
+
+def _affordances(dataset: str, classes: Sequence[str], names: Sequence[str]) -> frozenset[str]:
+    """The LASO names of `names` (PIAD's spellings accepted), checked against `classes`."""
+    from affcli.data.names import laso_affordance
+    from affcli.data.synth.shapes import CLASS_AFFORDANCES
+
+    if dataset != "laso":
+        raise AffError("--affordances", f"only LASO sets can be cut down by affordance, not "
+                       f"{dataset}")
+    offered = {c: {laso_affordance(a) for a in CLASS_AFFORDANCES[c]} for c in classes}
+    every = set().union(*offered.values())
+    kept = frozenset(laso_affordance(a.strip().lower()) for a in names if a.strip())
+    unknown = sorted(kept - every)
+    if unknown or not kept:
+        raise AffError("--affordances", f"unknown or no affordances {unknown or list(names)} "
+                       f"(the chosen classes have {', '.join(sorted(every))})")
+    bare = [c for c in classes if not offered[c] & kept]
+    if bare:
+        raise AffError("--affordances", f"{', '.join(bare)} would have no samples: none of "
+                       f"{', '.join(sorted(kept))} is among its affordances")
+    return kept
 
 
 def write_shape_files(out: Path, seed: int, per_class: int,

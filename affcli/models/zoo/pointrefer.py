@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from affcli import ops
+from affcli.losses import heatmap_loss
 from affcli.models import register
 from affcli.models.backbones import DEFAULT_TEXT_MODEL, load_text_model, load_tokenizer
 from affcli.models.base import AffordanceModel, AffordanceOutput
@@ -64,6 +65,11 @@ class PointReferConfig(ModelConfig):
     freeze_text_encoder: bool = False
     fps_start: int | None = 0  # first FPS index; None draws it at random like the reference
     extra_channels: int = 0  # per-point input channels after xyz (3 with normals)
+    # The reference's focal term takes the probabilities: where the unscaled query-point dot
+    # products saturate the sigmoid (exactly 0 or 1 in float32) it has no gradient, and a
+    # cloud scored all 1 (or all 0) stays so. True takes it from the logits instead: the same
+    # loss, with a gradient there (short, fast-moving trainings such as `make demo`).
+    focal_from_logits: bool = False
 
 
 @register("pointrefer", PointReferConfig)
@@ -94,6 +100,11 @@ class PointRefer(AffordanceModel):
 
     def forward_batch(self, batch: dict[str, Any], points: torch.Tensor) -> AffordanceOutput:
         return self(points, batch["question"])
+
+    def loss(self, output: AffordanceOutput, target: torch.Tensor, batch: dict[str, Any]
+             ) -> torch.Tensor:
+        logits = output.extras["logits"] if self.config.focal_from_logits else None
+        return heatmap_loss(output.heatmap, target, logits)
 
     def optimizer_groups(self, lr: float, weight_decay: float, text_lr: float | None = None
                          ) -> list[dict[str, Any]]:
