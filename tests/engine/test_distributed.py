@@ -22,11 +22,13 @@ def _train(data, out, tmp_path, nproc: int | None) -> list[dict]:
     # summation orders in 1 and 2 processes) to ~1e-3 in some gradients, which would hide
     # what is compared here; in float64 the two runs must agree to 1e-5 or better.
     cfg = tmp_path / f"run{nproc}.yaml"
-    # (validation on the first batch, two samples from each process: enough to compare the
-    # gathered figures)
-    cfg.write_text("test_split: null\nprecision: float64\nlr: 0.001\nmax_val_batches: 1\n")
+    # (one sample per process and step: BatchNorm still has to span both processes; validation
+    # on the first batch of 4, two samples from each process: enough to compare the gathered
+    # figures)
+    cfg.write_text("test_split: null\nprecision: float64\nlr: 0.001\nmax_val_batches: 1\n"
+                   "eval_batch_size: 4\n")
     cmd = [sys.executable, "-m", "affcli", "train", "iagnet", "--data", str(data),
-           "--epochs", "1", "--batch-size", "4", "--max-batches", "2", "--pairing-num", "1",
+           "--epochs", "1", "--batch-size", "2", "--max-batches", "2", "--pairing-num", "1",
            "--points", "512", "--workers", "0", "--config", str(cfg), "--out", str(out),
            "--quiet"]
     if nproc:
