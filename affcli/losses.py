@@ -27,10 +27,10 @@ def focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, ga
 def focal_loss_from_logits(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
                            gamma: float = 2.0) -> torch.Tensor:
     """The focal term of `focal_loss` for pred = sigmoid(logits), its logarithms taken from
-    the logits. Equal in value where the sigmoid is not saturated, but where it is (|logit|
-    above ~17 in float32 rounds the sigmoid to exactly 0 or 1) the reference's form has no
-    gradient at all, so a point scored wholly wrong never moves; here it keeps a gradient of
-    about alpha or 1 - alpha."""
+    the logits. Equal in value where the sigmoid is not saturated. Where it is, the
+    reference's form has no gradient (a logit above ~17 rounds the float32 sigmoid to exactly
+    1) or a vanishing one (below ~-14 the 1e-6 inside its logarithm dominates), so a point
+    scored wholly wrong hardly moves; here it keeps a gradient of about alpha or 1 - alpha."""
     pred = torch.sigmoid(logits)
     neg = -(1 - alpha) * pred.pow(gamma) * (1 - target) * F.logsigmoid(-logits)
     pos = -alpha * (1 - pred).pow(gamma) * target * F.logsigmoid(logits)

@@ -66,8 +66,9 @@ class PointReferConfig(ModelConfig):
     fps_start: int | None = 0  # first FPS index; None draws it at random like the reference
     extra_channels: int = 0  # per-point input channels after xyz (3 with normals)
     # The reference's focal term takes the probabilities: where the unscaled query-point dot
-    # products saturate the sigmoid (exactly 0 or 1 in float32) it has no gradient, and a
-    # cloud scored all 1 (or all 0) stays so. True takes it from the logits instead: the same
+    # products saturate the sigmoid (exactly 1 in float32 past a logit of ~17; near 0 its 1e-6
+    # inside the log takes over) it has no gradient, or a vanishing one, and a cloud scored
+    # all 1 (or all 0) stays so. True takes it from the logits instead: the same
     # loss, with a gradient there (short, fast-moving trainings such as `make demo`).
     focal_from_logits: bool = False
 
