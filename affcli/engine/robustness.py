@@ -41,15 +41,15 @@ class CorruptedView(Dataset):
 
 def corruption_grid(model: torch.nn.Module, dataset: H5Dataset, cells: list[tuple[str, int]],
                     batch_size: int, proc: Process, workers: int = 0, votes: int = 1,
-                    on_cell: Any = None) -> dict[str, Any]:
+                    amp: bool = False, on_cell: Any = None) -> dict[str, Any]:
     """The clean figures, one row of figures per (corruption, severity) cell, and the means
     over the cells (overall figures: aiou, auc, sim, mae, count)."""
-    clean = predict(model, dataset, batch_size, proc, workers=workers, votes=votes)
+    clean = predict(model, dataset, batch_size, proc, workers=workers, votes=votes, amp=amp)
     out: dict[str, Any] = {"clean": score(clean)["overall"] if clean is not None else None,
                            "cells": []}
     for kind, severity in cells:
         pred = predict(model, CorruptedView(dataset, kind, severity), batch_size, proc,
-                       workers=workers, votes=votes)
+                       workers=workers, votes=votes, amp=amp)
         if pred is None:
             continue
         row = {"corruption": kind, "severity": severity, **score(pred)["overall"]}

@@ -158,33 +158,64 @@ def gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 INFERENCE_BLOCK_ROWS = 4096
 
 
+def distinct_neighbors(idx: torch.Tensor) -> torch.Tensor:
+    """[..., k] bool: the slots of a ball query's answer that hold a distinct point. The
+    query lists the points of a ball in index order and pads a ball with fewer than k points
+    by repeating the first, so a slot after the first is padding where it repeats it."""
+    keep = torch.ones_like(idx, dtype=torch.bool)
+    keep[..., 1:] = idx[..., 1:] != idx[..., :1]
+    return keep
+
+
 def _grouped_mlp_inference(mlp: SharedMLP, per_point: torch.Tensor, per_center: torch.Tensor,
                            idx: torch.Tensor) -> torch.Tensor:
     """Eval-mode grouped MLP + max-pool, in blocks of centres: each block goes through every
     layer while its activations are still in cache, instead of every layer streaming the
-    whole [B, M, k, C] tensor through memory. Same values as the unblocked path."""
+    whole [B, M, k, C] tensor through memory.
+
+    Only the distinct neighbours of each centre are computed: the padding repeats of a
+    sparse ball (`distinct_neighbors`) would give the same rows again, which the max-pool
+    ignores. On 512-point clouds of most shapes the first level's balls hold a third of their
+    k slots or fewer, so this skips most of that level's work (not on thin shapes, whose
+    balls are full). Same values as the unblocked path."""
     b, n, c1 = per_point.shape
     _, m, k = idx.shape
     flat = (idx + (torch.arange(b, device=idx.device) * n).view(b, 1, 1)).reshape(b * m, k)
-    rows, centers = per_point.reshape(b * n, c1), per_center.reshape(b * m, c1)
-    folded = [mlp._folded(i) for i in range(len(mlp.linears))]
-    weights = [(lin.weight * sc.unsqueeze(1)).t().contiguous()
+    keep = distinct_neighbors(flat)
+    counts = keep.sum(1)
+    neighbor = flat[keep]  # the distinct rows, centre by centre
+    owner = torch.repeat_interleave(torch.arange(b * m, device=idx.device), counts)
+    # The compute dtype: per_point's, which is bfloat16 under autocast (`eval --amp`). The
+    # folded weights and shifts are cast once here, not by autocast in every block.
+    dt = per_point.dtype
+    rows, centers = per_point.reshape(b * n, c1), per_center.reshape(b * m, c1).to(dt)
+    folded = [tuple(t.to(dt) for t in mlp._folded(i)) for i in range(len(mlp.linears))]
+    weights = [(lin.weight.to(dt) * sc.unsqueeze(1)).t().contiguous()
                for lin, (sc, _) in zip(mlp.linears, folded, strict=True)]
     out = per_point.new_empty(b * m, mlp.out_channels)
-    step = max(1, INFERENCE_BLOCK_ROWS // k)
+    # blocks of whole centres holding about INFERENCE_BLOCK_ROWS distinct rows each
+    ends = torch.cumsum(counts, 0)
+    marks = torch.arange(INFERENCE_BLOCK_ROWS, max(int(ends[-1]), INFERENCE_BLOCK_ROWS),
+                         INFERENCE_BLOCK_ROWS, device=ends.device)
+    bounds = sorted({0, b * m, *(int(x) + 1 for x in torch.searchsorted(ends, marks))})
+    starts = [0, *ends.tolist()]
     scale0, shift0 = folded[0]
-    for c0 in range(0, b * m, step):
-        ii = flat[c0:c0 + step]
-        h = rows.index_select(0, ii.reshape(-1)).view(-1, k, c1) - centers[c0:c0 + step, None]
-        h = torch.addcmul(shift0, h, scale0).relu_()
-        if len(weights) == 1:
-            out[c0:c0 + step] = h.amax(1)
-            continue
-        h = h.view(-1, c1)
-        for w, (_, shift) in zip(weights[1:-1], folded[1:-1], strict=True):
-            h = torch.addmm(shift, h, w).relu_()
-        last = (h @ weights[-1]).view(-1, k, weights[-1].shape[1]).amax(1)
-        out[c0:c0 + step] = last.add_(folded[-1][1]).relu_()
+    with torch.autocast(per_point.device.type, enabled=False):
+        for c0, c2 in zip(bounds[:-1], bounds[1:], strict=True):
+            r0, r2 = starts[c0], starts[c2]
+            who = owner[r0:r2]
+            h = rows.index_select(0, neighbor[r0:r2]) - centers.index_select(0, who)
+            h = torch.addcmul(shift0, h, scale0).relu_()
+            if len(weights) > 1:
+                for w, (_, shift) in zip(weights[1:-1], folded[1:-1], strict=True):
+                    h = torch.addmm(shift, h, w).relu_()
+                h = h @ weights[-1]
+            pooled = out[c0:c2]
+            # max over each centre's rows (every centre has at least one)
+            pooled.scatter_reduce_(0, (who - c0).unsqueeze(1).expand_as(h), h, "amax",
+                                   include_self=False)
+            if len(weights) > 1:
+                pooled.add_(folded[-1][1]).relu_()
     return out.view(b, m, -1)
 
 

@@ -183,6 +183,9 @@ def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.T
         from affcli.ops import portable
 
         return portable.three_interpolate(features, idx.long(), weight)
+    if backend_for(features) == "cpu" and features.dtype in (torch.bfloat16, torch.float16):
+        # (bfloat16 inference, `--amp` on the CPU: the compiled kernels take float32/64)
+        return three_interpolate(features.float(), idx, weight.float()).to(features.dtype)
     return _ag.ThreeInterpolate.apply(features, idx.long(), weight, _impl(features))
 
 

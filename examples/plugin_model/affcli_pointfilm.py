@@ -25,6 +25,7 @@ from affcli.models.base import AffordanceModel, AffordanceOutput
 from affcli.models.config import ModelConfig
 from affcli.models.inputs import ModelInput
 from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
+from affcli.nn.precision import full_precision
 
 
 @dataclass
@@ -119,5 +120,6 @@ class PointFiLM(AffordanceModel):
         up = self.fp1(xyz0, xyz1, torch.cat([xyz0, f0], dim=-1), up)  # [B, N, width]
 
         gamma, beta = self.film(sentence).unsqueeze(1).chunk(2, dim=-1)
-        logits = self.head(up * (1 + gamma) + beta).squeeze(-1)
+        # the scores in float32 even under `eval --amp` (bfloat16 logits would tie points)
+        logits = full_precision(self.head, up * (1 + gamma) + beta).squeeze(-1)
         return AffordanceOutput(heatmap=torch.sigmoid(logits), extras={"logits": logits})

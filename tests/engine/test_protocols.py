@@ -229,10 +229,12 @@ def test_corrupted_evaluation_identity_table_and_file(run_cli, trained_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     # severity 0 is the identity: the grid machinery scores exactly the clean figures
+    # (here in bfloat16, `--amp`: the same passes for the clean row and the cells)
     code, out, err = run_cli("eval", run, "--split", "val", "--votes", "1", "--json",
-                             "--corrupt", "drop_local:0")
+                             "--corrupt", "drop_local:0", "--amp")
     assert code == 0, err
     doc = json.loads(out)
+    assert doc["precision"] == "bfloat16"
     assert doc["cells"][0]["aiou"] == pytest.approx(doc["clean"]["aiou"], abs=1e-12)
     assert doc["cells"][0]["mae"] == pytest.approx(doc["clean"]["mae"], abs=1e-12)
     # a table, and the figures in the run folder
@@ -246,6 +248,10 @@ def test_corrupted_evaluation_identity_table_and_file(run_cli, trained_run, tmp_
     assert [(c["corruption"], c["severity"]) for c in saved["cells"]] == [("drop_global", 5)]
     # even with three quarters of each cloud dropped, every sample keeps points to score
     assert saved["cells"][0]["count"] == saved["clean"]["count"] > 0
+    # float32 by default; bfloat16 products moved the clean figures only a little
+    assert saved["precision"] == "float32"
+    for metric in ("aiou", "auc", "sim", "mae"):
+        assert doc["clean"][metric] == pytest.approx(saved["clean"][metric], abs=0.01), metric
     assert saved["cells"][0]["mae"] != saved["clean"]["mae"]
     code, _, err = run_cli("eval", run, "--corrupt", "blur")
     assert code == 2 and "unknown corruption 'blur'" in err

@@ -65,6 +65,19 @@ def test_forward_shapes_and_inputs_untouched(model):
     assert (other.affordance_logits - out.affordance_logits).abs().max() > 1e-3
 
 
+def test_bfloat16_autocast_keeps_the_scores_in_float32(model):
+    """`eval --amp` on the CPU: products in bfloat16 (the ResNet, the attention), the
+    per-point head in float32 (`full_precision`)."""
+    points, image, sub, obj, _, _ = _batch()
+    model.eval()
+    with torch.no_grad():
+        ref = model(points, image, sub, obj).heatmap
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(points, image, sub, obj).heatmap
+    assert low.dtype == torch.float32
+    assert 0 < (low - ref).abs().max() < 0.05
+
+
 def test_gradients_reach_every_parameter(model):
     points, image, sub, obj, masks, affs = _batch()
     model.train()

@@ -55,6 +55,19 @@ def test_forward_shapes_and_conditioning(model):
         model(points[:, :1024], image, texts)
 
 
+def test_bfloat16_autocast_keeps_the_scores_in_float32(model):
+    """`eval --amp` on the CPU: the language model and the rest in bfloat16, the per-point
+    head in float32 (`full_precision`)."""
+    points, image, texts, _ = _batch()
+    model.eval()
+    with torch.no_grad():
+        ref = model(points, image, texts).heatmap
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(points, image, texts).heatmap
+    assert low.dtype == torch.float32
+    assert 0 < (low - ref).abs().max() < 0.05
+
+
 def test_insert_tokens_after_valid_text(model):
     emb = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])

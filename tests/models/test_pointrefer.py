@@ -142,6 +142,20 @@ def test_overfits_a_tiny_batch(model: PointRefer) -> None:
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_bfloat16_autocast_keeps_the_scores_in_float32(model: PointRefer) -> None:
+    """`eval --amp` on the CPU: the products run in bfloat16, the query-point scores in
+    float32 (`full_precision`): logits rounded to bfloat16 would tie thousands of points."""
+    model.eval()
+    pts = _points(seed=2)
+    with torch.no_grad():
+        ref = model(pts, QUESTIONS)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(pts, QUESTIONS)
+    assert low.extras["logits"].dtype == torch.float32 and low.heatmap.dtype == torch.float32
+    assert (low.heatmap - ref.heatmap).abs().max() < 0.05
+    assert (low.heatmap - ref.heatmap).abs().max() > 0  # the products did run in bfloat16
+
+
 def test_save_and_load_round_trip(model: PointRefer, tmp_path) -> None:
     model.eval()
     pts = _points(seed=1)

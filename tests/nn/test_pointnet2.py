@@ -212,6 +212,22 @@ def test_blocked_inference_path_equals_the_full_path(monkeypatch, block_rows):
     torch.testing.assert_close(fast, sa(xyz, None)[1].detach())
 
 
+def test_distinct_neighbors_marks_each_ball_point_once():
+    """The inference path computes only the slots `distinct_neighbors` keeps: exactly the
+    distinct points of each ball (the query pads a sparse ball with repeats of its first)."""
+    from affcli.nn.pointnet2 import distinct_neighbors
+    from affcli.ops import ball_query
+
+    torch.manual_seed(2)
+    xyz = torch.rand(2, 300, 3) * 2 - 1
+    idx = ball_query(xyz, xyz[:, :60], 0.5, 16)
+    keep = distinct_neighbors(idx)
+    for row, kept in zip(idx.view(-1, 16).tolist(), keep.view(-1, 16).tolist(), strict=True):
+        assert [i for i, k in zip(row, kept, strict=True) if k] == sorted(set(row))
+    counts = keep.sum(-1)
+    assert (counts < 16).any() and (counts == 16).any()  # sparse and full balls both met
+
+
 def _small_encoder() -> PointNet2Encoder:
     """The encoder's structure (three MSG levels, two scales each) at sizes the Triton
     interpreter runs in seconds."""

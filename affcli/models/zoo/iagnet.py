@@ -30,6 +30,7 @@ from affcli.models import register
 from affcli.models.base import AffordanceOutput, ImagePointConfig, ImagePointModel, PointHead
 from affcli.models.inputs import OBJECT_BOX, ModelInput
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
+from affcli.nn.precision import full_precision
 
 
 @dataclasses.dataclass
@@ -168,7 +169,7 @@ class IAGNet(ImagePointModel):
         up = self.upsample(levels, p_align)  # [B, N, C]
         pa_pool, ia_pool = f_pa.mean(1), f_ia.mean(1)
         logits = self.cls_head(torch.cat([pa_pool, ia_pool], dim=-1))
-        heatmap = torch.sigmoid(self.out_head(up * pa_pool.unsqueeze(1)))
+        heatmap = torch.sigmoid(full_precision(self.out_head, up * pa_pool.unsqueeze(1)))
         return AffordanceOutput(
             heatmap=heatmap, affordance_logits=logits,
             extras={"image_affordance": f_ia.transpose(1, 2).contiguous(),

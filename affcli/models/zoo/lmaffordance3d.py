@@ -38,6 +38,7 @@ from affcli.models.backbones import DEFAULT_TEXT_MODEL
 from affcli.models.base import AffordanceOutput, ImagePointConfig, ImagePointModel, PointHead
 from affcli.models.inputs import ModelInput
 from affcli.nn.alignment import AffordanceRevealed, JointRegionAlignment
+from affcli.nn.precision import full_precision
 
 
 def tokenize_instructions(tokenizer: Any, instructions: Sequence[str], text_tokens: int
@@ -245,5 +246,6 @@ class LMAffordance3D(ImagePointModel):
 
         n_p = self.config.n_coarse
         up = self.upsample(levels, spatial[:, :n_p])
-        heatmap = torch.sigmoid(self.out_head(up * aff[:, :n_p].mean(1, keepdim=True)))
+        heatmap = torch.sigmoid(full_precision(self.out_head,
+                                               up * aff[:, :n_p].mean(1, keepdim=True)))
         return AffordanceOutput(heatmap=heatmap)

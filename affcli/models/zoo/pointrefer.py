@@ -34,6 +34,7 @@ from affcli.models.inputs import ModelInput
 from affcli.nn.attention import TransformerDecoder, TransformerDecoderLayer
 from affcli.nn.fusion import AdaptiveFusionBlock
 from affcli.nn.pointnet2 import EncoderConfig, FeaturePropagation, PointNet2Encoder
+from affcli.nn.precision import full_precision
 
 POINT_DIM = 512  # width of the sa3 / fp3 / fp2 / fp1 features (fixed by the reference)
 
@@ -246,6 +247,6 @@ class PointRefer(AffordanceModel):
         # the reference's attention takes True = valid and inverts it; ours True = padding
         queries = self.decoder(tokens, up, tgt_key_padding_mask=~valid, query_pos=self.pos1d)
         queries = queries * valid.unsqueeze(-1).to(queries.dtype)
-        scores = torch.einsum("blc,bnc->bln", queries, up)
+        scores = full_precision(lambda q, u: torch.einsum("blc,bnc->bln", q, u), queries, up)
         logits = scores.sum(1) / valid.sum(1, keepdim=True).to(scores.dtype)
         return AffordanceOutput(heatmap=torch.sigmoid(logits), extras={"logits": logits})
